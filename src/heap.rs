@@ -1,0 +1,1010 @@
+//! The heap: one per thread, owning size-class bins of slab chunks and a
+//! [`Provider`].
+//!
+//! Owns the malloc and free fast paths, the collection of remote frees,
+//! large (oversized-chunk) and huge (own mapping) objects, and the heap
+//! lifecycle: every heap record lives in memory mapped for it and is never
+//! freed; a heap whose thread exits is *abandoned* (its chunks stay valid,
+//! remote frees into them still work) and the next thread that needs a
+//! heap adopts it whole. So the number of heap records is bounded by the
+//! peak number of threads alive at once, whatever the thread churn.
+//!
+//! Which heap a thread uses is decided above, in `thread`; every function
+//! here takes the heap explicitly. Functions that need a real heap return
+//! null when handed the static [`EMPTY_HEAP`], and the caller attaches one
+//! and retries.
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+
+use crate::budget;
+use crate::chunk::{
+    Block, Chunk, ChunkStack, Kind, EMPTY_CHUNK, FLAG_ALIGNED, FLAG_FULL, FLAG_NOT_SLAB,
+    HEADER_SIZE,
+};
+use crate::chunk_map;
+use crate::os::{self, OsPages};
+use crate::provider::{Provider, GLOBAL_CACHE};
+use crate::size_class::{
+    chunk_class_of, class_of, class_size, slab_chunk_size, CHUNK_SIZE, MAX_CHUNK_CLASS_SIZE,
+    MAX_SMALL, NUM_CLASSES,
+};
+use crate::stats::{bump, GLOBALS};
+use crate::sync::SpinLock;
+
+/// Largest request accepted at all (as `isize::MAX` bounds Rust layouts);
+/// anything larger fails with ENOMEM.
+pub const MAX_REQUEST: usize = isize::MAX as usize - 2 * CHUNK_SIZE;
+
+/// Heap state: owned by a live thread.
+pub const STATE_LIVE: u8 = 1;
+/// Heap state: its thread exited; waiting on the abandoned list.
+pub const STATE_ABANDONED: u8 = 2;
+/// Heap state: its thread vanished in a `fork`; never reused.
+pub const STATE_ORPHANED: u8 = 3;
+/// Heap state: the static empty heap.
+const STATE_EMPTY: u8 = 0;
+
+#[derive(Clone, Copy)]
+struct Bin {
+    first: *mut Chunk,
+    last: *mut Chunk,
+}
+
+/// A thread's heap.
+#[repr(C)]
+pub struct Heap {
+    /// Per class, the chunk the fast path allocates from (the bin's first
+    /// chunk, or [`EMPTY_CHUNK`]).
+    current: [*mut Chunk; NUM_CLASSES],
+    /// Blocks handed out per class (owner-written counter).
+    allocs: [AtomicUsize; NUM_CLASSES],
+    /// Blocks freed per class by this heap's thread, local or remote.
+    frees: [AtomicUsize; NUM_CLASSES],
+    /// Per class, the attached slab chunks (first = current).
+    bins: [Bin; NUM_CLASSES],
+    /// Full chunks that received a remote free.
+    pending: ChunkStack,
+    /// The chunk source.
+    provider: Provider<OsPages>,
+    /// `STATE_*`.
+    state: AtomicU8,
+    /// Large-object bytes allocated / freed by this heap's thread.
+    large_alloc_bytes: AtomicUsize,
+    large_free_bytes: AtomicUsize,
+    /// Frees of other heaps' blocks by this heap's thread.
+    remote_frees: AtomicUsize,
+    /// Live slab and large chunks owned by this heap.
+    slab_chunks: AtomicUsize,
+    large_chunks: AtomicUsize,
+    /// Next heap in the registry of all heaps (set once, before publishing).
+    all_next: *mut Heap,
+    /// Next heap on the abandoned list (under `REGISTRY.lock`).
+    abandoned_next: *mut Heap,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicUsize = AtomicUsize::new(0);
+
+impl Heap {
+    const fn new(current: *mut Chunk, state: u8) -> Heap {
+        Heap {
+            current: [current; NUM_CLASSES],
+            allocs: [ZERO; NUM_CLASSES],
+            frees: [ZERO; NUM_CLASSES],
+            bins: [Bin {
+                first: ptr::null_mut(),
+                last: ptr::null_mut(),
+            }; NUM_CLASSES],
+            pending: ChunkStack::new(),
+            provider: Provider::new(OsPages, &budget::GLOBAL, &GLOBAL_CACHE),
+            state: AtomicU8::new(state),
+            large_alloc_bytes: ZERO,
+            large_free_bytes: ZERO,
+            remote_frees: ZERO,
+            slab_chunks: ZERO,
+            large_chunks: ZERO,
+            all_next: ptr::null_mut(),
+            abandoned_next: ptr::null_mut(),
+        }
+    }
+}
+
+/// The heap of a thread that has no heap yet: every class points at the
+/// empty chunk, so its first allocation takes the slow path.
+pub static EMPTY_HEAP: EmptyHeap = EmptyHeap(Heap::new(
+    ptr::addr_of!(EMPTY_CHUNK) as *mut Chunk,
+    STATE_EMPTY,
+));
+
+/// Wrapper making the empty heap `Sync`.
+pub struct EmptyHeap(Heap);
+
+// SAFETY: EMPTY_HEAP is never written: every path that would write a heap
+// checks `is_empty` first (slow paths) or cannot reach it (no chunk is
+// owned by it, so the owner fast path never matches).
+unsafe impl Sync for EmptyHeap {}
+
+impl EmptyHeap {
+    /// The empty heap's address.
+    #[inline(always)]
+    pub const fn as_ptr(&'static self) -> *mut Heap {
+        ptr::addr_of!(self.0) as *mut Heap
+    }
+}
+
+#[inline(always)]
+fn is_empty(heap: *mut Heap) -> bool {
+    ptr::eq(heap, EMPTY_HEAP.as_ptr())
+}
+
+// ---------------------------------------------------------------------------
+// Registry of heap records.
+// ---------------------------------------------------------------------------
+
+struct Registry {
+    lock: SpinLock,
+    /// Every heap ever created (a push-only list, readable without the lock).
+    all: AtomicPtr<Heap>,
+    /// Abandoned heaps (under `lock`).
+    abandoned: core::cell::UnsafeCell<*mut Heap>,
+    abandoned_count: AtomicUsize,
+    /// Unused space for heap records (under `lock`).
+    carve: core::cell::UnsafeCell<(usize, usize)>,
+}
+
+// SAFETY: the UnsafeCell fields are only touched with `lock` held.
+unsafe impl Sync for Registry {}
+
+static REGISTRY: Registry = Registry {
+    lock: SpinLock::new(),
+    all: AtomicPtr::new(ptr::null_mut()),
+    abandoned: core::cell::UnsafeCell::new(ptr::null_mut()),
+    abandoned_count: AtomicUsize::new(0),
+    carve: core::cell::UnsafeCell::new((0, 0)),
+};
+
+/// Bytes mapped at a time for heap records.
+const RECORD_REGION: usize = 256 * 1024;
+
+/// The global locks, in the order `fork`'s prepare handler takes them.
+pub(crate) fn global_locks() -> [&'static SpinLock; 2] {
+    [&REGISTRY.lock, GLOBAL_CACHE.lock()]
+}
+
+/// A heap for a thread: an abandoned one if any (adopted whole), else a
+/// new record. Null if no memory can be had.
+pub fn acquire() -> *mut Heap {
+    REGISTRY.lock.lock();
+    // SAFETY: lock held for the abandoned list and the carve region.
+    let heap = unsafe {
+        let ab = &mut *REGISTRY.abandoned.get();
+        if !ab.is_null() {
+            let h = *ab;
+            *ab = (*h).abandoned_next;
+            REGISTRY.abandoned_count.fetch_sub(1, Ordering::Relaxed);
+            h
+        } else {
+            new_record()
+        }
+    };
+    REGISTRY.lock.unlock();
+    if !heap.is_null() {
+        // SAFETY: the heap is ours now; the lock hand-off ordered the
+        // previous owner's writes before ours.
+        unsafe { (*heap).state.store(STATE_LIVE, Ordering::Release) };
+    }
+    heap
+}
+
+/// Carves a new heap record. Lock held by the caller.
+unsafe fn new_record() -> *mut Heap {
+    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    // SAFETY: lock held by the caller.
+    let carve = unsafe { &mut *REGISTRY.carve.get() };
+    if carve.1 - carve.0 < size {
+        if !budget::GLOBAL.try_reserve(RECORD_REGION) {
+            return ptr::null_mut();
+        }
+        let p = os::map_aligned(RECORD_REGION, os::page_size(), 0);
+        if p.is_null() {
+            budget::GLOBAL.release(RECORD_REGION);
+            return p.cast();
+        }
+        *carve = (p as usize, p as usize + RECORD_REGION);
+    }
+    let h = carve.0 as *mut Heap;
+    carve.0 += size;
+    // SAFETY: `h` is fresh, exclusively owned, aligned memory of `size`.
+    unsafe {
+        h.write(Heap::new(EMPTY_CHUNK.as_ptr(), STATE_LIVE));
+        // Publish on the all-heaps list (push-only, so readers can walk it
+        // without the lock).
+        let mut head = REGISTRY.all.load(Ordering::Relaxed);
+        loop {
+            (*h).all_next = head;
+            match REGISTRY
+                .all
+                .compare_exchange_weak(head, h, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(x) => head = x,
+            }
+        }
+    }
+    h
+}
+
+/// Abandons a heap whose thread is exiting: frees what can be freed, hands
+/// cached chunks to the global cache and puts the heap on the abandoned
+/// list for the next thread.
+///
+/// # Safety
+/// Called by the heap's owner thread, which never uses it again.
+pub unsafe fn abandon(heap: *mut Heap) {
+    if is_empty(heap) {
+        return;
+    }
+    // SAFETY: owner thread.
+    unsafe {
+        collect(heap, true);
+        (*heap).provider.flush();
+        (*heap).state.store(STATE_ABANDONED, Ordering::Release);
+    }
+    REGISTRY.lock.lock();
+    // SAFETY: lock held.
+    unsafe {
+        let ab = &mut *REGISTRY.abandoned.get();
+        (*heap).abandoned_next = *ab;
+        *ab = heap;
+    }
+    REGISTRY.abandoned_count.fetch_add(1, Ordering::Relaxed);
+    REGISTRY.lock.unlock();
+}
+
+/// In a `fork` child: every heap that was live in another thread is
+/// orphaned (its thread does not exist here, and it may have been
+/// mid-operation, so it is never reused). Remote frees into its chunks stay
+/// valid; their memory is not reused in the child.
+pub(crate) fn orphan_others(keep: *mut Heap) {
+    let mut h = REGISTRY.all.load(Ordering::Acquire);
+    while !h.is_null() {
+        if h != keep {
+            // SAFETY: records are never freed; `state` is atomic.
+            unsafe {
+                let _ = (*h).state.compare_exchange(
+                    STATE_LIVE,
+                    STATE_ORPHANED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        // SAFETY: `all_next` is set before publication and never changed.
+        h = unsafe { (*h).all_next };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bins.
+// ---------------------------------------------------------------------------
+
+/// # Safety
+/// Owner only; `c` is on no bin.
+#[inline]
+unsafe fn bin_push_front(heap: *mut Heap, cls: usize, c: *mut Chunk) {
+    // SAFETY: owner-only bin links.
+    unsafe {
+        let bin = &mut (*heap).bins[cls];
+        (*c).prev = ptr::null_mut();
+        (*c).next = bin.first;
+        if bin.first.is_null() {
+            bin.last = c;
+        } else {
+            (*bin.first).prev = c;
+        }
+        bin.first = c;
+        (*heap).current[cls] = c;
+    }
+}
+
+/// # Safety
+/// Owner only; `c` is on no bin.
+unsafe fn bin_push_back(heap: *mut Heap, cls: usize, c: *mut Chunk) {
+    // SAFETY: owner-only bin links.
+    unsafe {
+        let bin = &mut (*heap).bins[cls];
+        if bin.first.is_null() {
+            bin_push_front(heap, cls, c);
+            return;
+        }
+        (*c).next = ptr::null_mut();
+        (*c).prev = bin.last;
+        (*bin.last).next = c;
+        bin.last = c;
+    }
+}
+
+/// # Safety
+/// Owner only; `c` is on bin `cls`.
+unsafe fn bin_remove(heap: *mut Heap, cls: usize, c: *mut Chunk) {
+    // SAFETY: owner-only bin links.
+    unsafe {
+        let bin = &mut (*heap).bins[cls];
+        if (*c).prev.is_null() {
+            bin.first = (*c).next;
+        } else {
+            (*(*c).prev).next = (*c).next;
+        }
+        if (*c).next.is_null() {
+            bin.last = (*c).prev;
+        } else {
+            (*(*c).next).prev = (*c).prev;
+        }
+        (*c).next = ptr::null_mut();
+        (*c).prev = ptr::null_mut();
+        (*heap).current[cls] = if bin.first.is_null() {
+            EMPTY_CHUNK.as_ptr()
+        } else {
+            bin.first
+        };
+    }
+}
+
+/// Returns an empty slab chunk to the provider.
+///
+/// # Safety
+/// Owner only; `c` has no live blocks and is on no bin or pending list.
+unsafe fn retire(heap: *mut Heap, c: *mut Chunk) {
+    // SAFETY: owner-only; the chunk is unreferenced.
+    unsafe {
+        bump(&(*heap).slab_chunks, usize::MAX);
+        (*heap).provider.release(c);
+        (*heap).provider.maintain(os::now_ms());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Allocation.
+// ---------------------------------------------------------------------------
+
+/// Allocates a block of class `cls` (fast path inline, slow path cold).
+/// Null if the heap is the empty heap or memory is exhausted.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap).
+#[inline(always)]
+pub unsafe fn alloc_class(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
+    // SAFETY: the owner thread reads its own bins; the empty heap's entries
+    // point at the never-written empty chunk whose `free` is null.
+    unsafe {
+        let c = (*heap).current[cls];
+        let b = (*c).free;
+        if !b.is_null() {
+            (*c).free = (*b).next;
+            (*c).used += 1;
+            bump(&(*heap).allocs[cls], 1);
+            if zero {
+                zero_block(c, b, cls);
+            }
+            return b.cast();
+        }
+        alloc_slow(heap, cls, zero)
+    }
+}
+
+/// Zeroes a just-popped block.
+///
+/// # Safety
+/// `b` was just popped from `c`'s free list.
+#[inline]
+unsafe fn zero_block(c: *mut Chunk, b: *mut Block, cls: usize) {
+    // SAFETY: the block is ours and `class_size(cls)` long.
+    unsafe {
+        if (*c).free_is_zero {
+            (*b).next = ptr::null_mut();
+        } else {
+            b.cast::<u8>().write_bytes(0, class_size(cls));
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
+    if is_empty(heap) {
+        return ptr::null_mut();
+    }
+    // SAFETY: owner thread of a real heap.
+    unsafe {
+        process_pending(heap);
+        let mut c = (*heap).bins[cls].first;
+        while !c.is_null() {
+            if Chunk::refill(c) {
+                if c != (*heap).bins[cls].first {
+                    bin_remove(heap, cls, c);
+                    bin_push_front(heap, cls, c);
+                }
+                return alloc_class(heap, cls, zero);
+            }
+            let next = (*c).next;
+            if Chunk::mark_full(c) {
+                bin_remove(heap, cls, c);
+                c = next;
+            }
+            // else: remote frees arrived; the next refill collects them.
+        }
+        let c = (*heap)
+            .provider
+            .acquire(chunk_class_of(slab_chunk_size(cls)));
+        if c.is_null() {
+            return ptr::null_mut();
+        }
+        Chunk::init_slab(c, cls, class_size(cls), heap as usize);
+        bump(&(*heap).slab_chunks, 1);
+        bin_push_front(heap, cls, c);
+        Chunk::extend(c);
+        alloc_class(heap, cls, zero)
+    }
+}
+
+/// Allocates `size` bytes aligned to 16.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap).
+#[inline(always)]
+pub unsafe fn malloc(heap: *mut Heap, size: usize) -> *mut u8 {
+    if size <= MAX_SMALL {
+        // SAFETY: forwarded contract.
+        unsafe { alloc_class(heap, class_of(size), false) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { alloc_large(heap, size, 16, false) }
+    }
+}
+
+/// Allocates `size` zeroed bytes aligned to 16.
+///
+/// # Safety
+/// As [`malloc`].
+#[inline]
+pub unsafe fn malloc_zeroed(heap: *mut Heap, size: usize) -> *mut u8 {
+    if size <= MAX_SMALL {
+        let cls = class_of(size);
+        // SAFETY: forwarded contract.
+        unsafe { alloc_class(heap, cls, true) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { alloc_large(heap, size, 16, true) }
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two).
+///
+/// # Safety
+/// As [`malloc`].
+pub unsafe fn malloc_aligned(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    debug_assert!(align.is_power_of_two());
+    if align <= 16 {
+        // SAFETY: forwarded contract.
+        return unsafe {
+            if zero {
+                malloc_zeroed(heap, size)
+            } else {
+                malloc(heap, size)
+            }
+        };
+    }
+    if size <= MAX_SMALL && align <= HEADER_SIZE {
+        // Blocks of a class whose size is a multiple of `align` are all
+        // aligned, since the block area starts at a multiple of 128.
+        let s = size.next_multiple_of(align).max(align);
+        if s <= MAX_SMALL {
+            let cls = class_of(s);
+            if class_size(cls) % align == 0 {
+                // SAFETY: forwarded contract.
+                return unsafe { alloc_class(heap, cls, zero) };
+            }
+        }
+    }
+    if align < CHUNK_SIZE / 8 {
+        if let Some(s) = size.checked_add(align - 16).filter(|&s| s <= MAX_SMALL) {
+            // Over-allocate within one block and hand out an aligned
+            // interior pointer; the chunk is flagged so free finds the
+            // block start.
+            let cls = class_of(s);
+            // SAFETY: forwarded contract.
+            let p = unsafe { alloc_class(heap, cls, zero) };
+            if p.is_null() {
+                return p;
+            }
+            let q = (p as usize).next_multiple_of(align);
+            if q != p as usize {
+                let c = chunk_map::lookup(p as usize) as *mut Chunk;
+                // SAFETY: `p` came from a slab chunk of this heap.
+                unsafe { (*c).flags |= FLAG_ALIGNED };
+            }
+            return q as *mut u8;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { alloc_large(heap, size, align, zero) }
+}
+
+/// Allocates one object in an oversized chunk (cached by the provider) or,
+/// above 8 MiB or for alignments above 64 KiB, in its own mapping.
+///
+/// # Safety
+/// As [`malloc`].
+#[cold]
+pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
+        return ptr::null_mut();
+    }
+    let off = if align <= CHUNK_SIZE {
+        align.max(HEADER_SIZE)
+    } else {
+        CHUNK_SIZE
+    };
+    let footprint = off + size;
+    if align <= CHUNK_SIZE && footprint <= MAX_CHUNK_CLASS_SIZE {
+        if is_empty(heap) {
+            return ptr::null_mut();
+        }
+        // SAFETY: owner thread of a real heap; the chunk is ours.
+        unsafe {
+            let c = (*heap).provider.acquire(chunk_class_of(footprint));
+            if c.is_null() {
+                return c.cast();
+            }
+            (*c).kind = Kind::Large;
+            (*c).flags = FLAG_NOT_SLAB;
+            (*c).owner.store(heap as usize, Ordering::Relaxed);
+            (*c).obj_offset = off;
+            (*c).obj_size = size;
+            (*heap).large_chunks.fetch_add(1, Ordering::Relaxed);
+            bump(&(*heap).large_alloc_bytes, size);
+            let p = c.cast::<u8>().add(off);
+            if zero && !(*c).fresh {
+                p.write_bytes(0, size);
+            }
+            return p;
+        }
+    }
+    alloc_huge(size, align)
+}
+
+/// Maps a huge object: header at a 64 KiB-aligned base, object at
+/// `base + off`. Fresh mappings are zero, so no zeroing is ever needed.
+fn alloc_huge(size: usize, align: usize) -> *mut u8 {
+    let off = if align <= CHUNK_SIZE {
+        align.max(HEADER_SIZE)
+    } else {
+        CHUNK_SIZE
+    };
+    let Some(len) = os::align_up_checked(off + size, CHUNK_SIZE) else {
+        return ptr::null_mut();
+    };
+    if !budget::GLOBAL.try_reserve(len) {
+        return ptr::null_mut();
+    }
+    let base = if align <= CHUNK_SIZE {
+        os::map_aligned(len, CHUNK_SIZE, 0)
+    } else {
+        os::map_aligned(len, align, CHUNK_SIZE)
+    };
+    if base.is_null() {
+        budget::GLOBAL.release(len);
+        return base;
+    }
+    // SAFETY: a fresh, exclusively owned mapping of `len` bytes.
+    let c = unsafe { Chunk::init_cached(base, len, true) };
+    // SAFETY: as above.
+    unsafe {
+        (*c).kind = Kind::Huge;
+        (*c).flags = FLAG_NOT_SLAB;
+        (*c).obj_offset = off;
+        (*c).obj_size = size;
+    }
+    if !chunk_map::register(base as usize, len, c as usize) {
+        os::unmap(base, len);
+        budget::GLOBAL.release(len);
+        return ptr::null_mut();
+    }
+    GLOBALS.huge_bytes.fetch_add(size, Ordering::Relaxed);
+    GLOBALS.huge_count.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: inside the mapping.
+    unsafe { base.add(off) }
+}
+
+// ---------------------------------------------------------------------------
+// Free.
+// ---------------------------------------------------------------------------
+
+/// What a pointer turned out to be, for the shims' error reporting.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FreeResult {
+    /// Freed.
+    Done,
+    /// Not a pointer chunkmalloc handed out (or already freed, for large
+    /// and huge objects); nothing was changed.
+    Invalid,
+}
+
+/// Frees `p` (non-null).
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap); `p` is null,
+/// foreign (reported as `Invalid`), or a live pointer from this allocator.
+#[inline(always)]
+pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
+    let c = chunk_map::lookup(p as usize) as *mut Chunk;
+    if c.is_null() {
+        return FreeResult::Invalid;
+    }
+    // SAFETY: the chunk map only holds live chunk headers. The owner and
+    // flags checks make the rest owner-only.
+    unsafe {
+        if (*c).owner.load(Ordering::Relaxed) == heap as usize && (*c).flags == 0 {
+            let b = p.cast::<Block>();
+            (*b).next = (*c).local_free;
+            (*c).local_free = b;
+            (*c).used -= 1;
+            bump(&(*heap).frees[(*c).class as usize], 1);
+            if (*c).used == 0 {
+                free_empty(heap, c);
+            }
+            return FreeResult::Done;
+        }
+        free_slow(heap, c, p)
+    }
+}
+
+/// A local free emptied a chunk: retire it unless it is the bin's current
+/// chunk (kept so an alloc/free loop does not thrash the provider).
+#[cold]
+unsafe fn free_empty(heap: *mut Heap, c: *mut Chunk) {
+    // SAFETY: owner thread.
+    unsafe {
+        let cls = (*c).class as usize;
+        if (*heap).current[cls] != c {
+            bin_remove(heap, cls, c);
+            retire(heap, c);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
+    // SAFETY: `c` is a live chunk header from the chunk map.
+    unsafe {
+        match (*c).kind {
+            Kind::Slab => {
+                let mut p = p;
+                if (*c).flags & FLAG_ALIGNED != 0 {
+                    p = Chunk::block_start(c, p);
+                }
+                let b = p.cast::<Block>();
+                let owner = (*c).owner.load(Ordering::Relaxed) as *mut Heap;
+                let cls = (*c).class as usize;
+                if owner == heap {
+                    // Local free into a full (detached) or aligned chunk.
+                    (*b).next = (*c).local_free;
+                    (*c).local_free = b;
+                    (*c).used -= 1;
+                    bump(&(*heap).frees[cls], 1);
+                    if (*c).flags & FLAG_FULL != 0 {
+                        if Chunk::try_unfull(c) {
+                            if (*c).used == 0 {
+                                retire(heap, c);
+                            } else {
+                                bin_push_back(heap, cls, c);
+                            }
+                        }
+                        // else: queued on our pending list; handled there.
+                    } else if (*c).used == 0 {
+                        free_empty(heap, c);
+                    }
+                } else {
+                    if is_empty(heap) {
+                        GLOBALS.heapless_frees.fetch_add(1, Ordering::Relaxed);
+                        GLOBALS
+                            .heapless_freed_bytes
+                            .fetch_add(class_size(cls), Ordering::Relaxed);
+                    } else {
+                        bump(&(*heap).frees[cls], 1);
+                        bump(&(*heap).remote_frees, 1);
+                    }
+                    if Chunk::push_remote(c, b) {
+                        (*owner).pending.push(c);
+                    }
+                }
+                FreeResult::Done
+            }
+            Kind::Large => {
+                if p != c.cast::<u8>().add((*c).obj_offset) {
+                    return FreeResult::Invalid;
+                }
+                let size = (*c).obj_size;
+                let owner = (*c).owner.load(Ordering::Relaxed) as *mut Heap;
+                if is_empty(heap) {
+                    GLOBALS
+                        .heapless_freed_bytes
+                        .fetch_add(size, Ordering::Relaxed);
+                } else {
+                    bump(&(*heap).large_free_bytes, size);
+                }
+                // The chunk count belongs to the owner; an atomic RMW is
+                // fine on this rare path.
+                (*owner).large_chunks.fetch_sub(1, Ordering::Relaxed);
+                if owner == heap {
+                    (*heap).provider.release(c);
+                    (*heap).provider.maintain(os::now_ms());
+                } else {
+                    (*owner).provider.push_shared(c);
+                }
+                FreeResult::Done
+            }
+            Kind::Huge => {
+                if p != c.cast::<u8>().add((*c).obj_offset) {
+                    return FreeResult::Invalid;
+                }
+                let len = (*c).size;
+                GLOBALS
+                    .huge_bytes
+                    .fetch_sub((*c).obj_size, Ordering::Relaxed);
+                GLOBALS.huge_count.fetch_sub(1, Ordering::Relaxed);
+                chunk_map::unregister(c as usize, len);
+                os::unmap(c.cast(), len);
+                budget::GLOBAL.release(len);
+                FreeResult::Done
+            }
+            Kind::Cached => FreeResult::Invalid,
+        }
+    }
+}
+
+/// Takes back full chunks that received remote frees.
+///
+/// # Safety
+/// Owner thread of a real heap.
+unsafe fn process_pending(heap: *mut Heap) {
+    // SAFETY: owner thread; chunks on our pending list are ours and detached.
+    unsafe {
+        let mut c = (*heap).pending.take_all();
+        while !c.is_null() {
+            let next = (*c).link.load(Ordering::Relaxed);
+            Chunk::unfull_from_pending(c);
+            Chunk::collect_remote(c);
+            if (*c).used == 0 {
+                retire(heap, c);
+            } else {
+                bin_push_back(heap, (*c).class as usize, c);
+            }
+            c = next;
+        }
+    }
+}
+
+/// Collects remote frees everywhere and retires empty chunks; with `all`,
+/// also the bins' current chunks (used by purge and thread exit).
+///
+/// # Safety
+/// Owner thread.
+pub unsafe fn collect(heap: *mut Heap, all: bool) {
+    if is_empty(heap) {
+        return;
+    }
+    // SAFETY: owner thread.
+    unsafe {
+        process_pending(heap);
+        for cls in 0..NUM_CLASSES {
+            let mut c = (*heap).bins[cls].first;
+            while !c.is_null() {
+                let next = (*c).next;
+                Chunk::collect_remote(c);
+                if (*c).used == 0 && (all || c != (*heap).bins[cls].first) {
+                    bin_remove(heap, cls, c);
+                    retire(heap, c);
+                }
+                c = next;
+            }
+        }
+    }
+}
+
+/// Forces memory back to the OS: collects the heap, flushes its caches and
+/// decommits every cached chunk process-wide; other heaps flush theirs on
+/// their next slow path. Returns the bytes given back by this call.
+///
+/// # Safety
+/// Owner thread (or the empty heap).
+pub unsafe fn purge(heap: *mut Heap) -> usize {
+    if is_empty(heap) {
+        GLOBAL_CACHE.request_flush();
+        return 0;
+    }
+    // SAFETY: owner thread.
+    unsafe {
+        collect(heap, true);
+        GLOBAL_CACHE.request_flush();
+        (*heap).provider.purge_all()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Size queries and realloc.
+// ---------------------------------------------------------------------------
+
+/// Usable bytes at `p`, or `None` if chunkmalloc did not hand `p` out.
+///
+/// # Safety
+/// `p` is foreign or live.
+pub unsafe fn usable_size(p: *mut u8) -> Option<usize> {
+    let c = chunk_map::lookup(p as usize) as *mut Chunk;
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: live chunk header.
+    unsafe {
+        match (*c).kind {
+            Kind::Slab => {
+                let start = Chunk::block_start(c, p);
+                Some(start as usize + (*c).block_size as usize - p as usize)
+            }
+            Kind::Large | Kind::Huge => {
+                if p == c.cast::<u8>().add((*c).obj_offset) {
+                    Some((*c).size - (*c).obj_offset)
+                } else {
+                    None
+                }
+            }
+            Kind::Cached => None,
+        }
+    }
+}
+
+/// Tries to resize `p` in place to `new_size`. Returns true on success.
+/// Slab blocks stay when the new size fits and is at least half the block;
+/// large objects when the new footprint fits the chunk and uses more than
+/// half of it; huge objects are resized with `mremap` (returned pointer may
+/// differ, so huge blocks return through `realloc_huge`).
+///
+/// # Safety
+/// `p` is a live pointer from this allocator.
+pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
+    let c = chunk_map::lookup(p as usize) as *mut Chunk;
+    if c.is_null() {
+        return false;
+    }
+    // SAFETY: live chunk header.
+    unsafe {
+        match (*c).kind {
+            Kind::Slab => {
+                let avail =
+                    Chunk::block_start(c, p) as usize + (*c).block_size as usize - p as usize;
+                new_size <= avail && (new_size >= avail / 2 || avail <= 64)
+            }
+            Kind::Large => {
+                let fits = (*c).obj_offset + new_size <= (*c).size;
+                if fits && new_size > MAX_SMALL && (*c).obj_offset + new_size > (*c).size / 2 {
+                    (*c).obj_size = new_size;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Resizes a huge object with `mremap`; null if `p` is not huge or the
+/// kernel/budget refuses (the object is then unchanged).
+///
+/// # Safety
+/// `p` is a live pointer from this allocator.
+pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
+    let c = chunk_map::lookup(p as usize) as *mut Chunk;
+    // SAFETY: live chunk header.
+    unsafe {
+        if c.is_null() || (*c).kind != Kind::Huge || new_size > MAX_REQUEST {
+            return ptr::null_mut();
+        }
+        let off = (*c).obj_offset;
+        let old_len = (*c).size;
+        let Some(new_len) = os::align_up_checked(off + new_size, CHUNK_SIZE) else {
+            return ptr::null_mut();
+        };
+        let old_size = (*c).obj_size;
+        if new_len == old_len {
+            (*c).obj_size = new_size;
+            GLOBALS.huge_bytes.fetch_add(new_size, Ordering::Relaxed);
+            GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
+            return p;
+        }
+        if new_len > old_len && !budget::GLOBAL.try_reserve(new_len - old_len) {
+            return ptr::null_mut();
+        }
+        let base = c.cast::<u8>();
+        let new_base = if os::remap_in_place(base, old_len, new_len) {
+            base
+        } else {
+            // Move the pages to a 64 KiB-aligned target; no copy. Objects
+            // aligned to 64 KiB or more would lose their alignment, so the
+            // caller moves those itself.
+            let t = if off < CHUNK_SIZE {
+                os::map_aligned(new_len, CHUNK_SIZE, 0)
+            } else {
+                ptr::null_mut()
+            };
+            if t.is_null() || !os::remap_to(base, old_len, new_len, t) {
+                if !t.is_null() {
+                    os::unmap(t, new_len);
+                }
+                if new_len > old_len {
+                    budget::GLOBAL.release(new_len - old_len);
+                }
+                return ptr::null_mut();
+            }
+            t
+        };
+        chunk_map::unregister(base as usize, old_len);
+        let nc = new_base.cast::<Chunk>();
+        (*nc).size = new_len;
+        (*nc).obj_size = new_size;
+        if !chunk_map::register(new_base as usize, new_len, nc as usize) {
+            // Leaves were mapped for the old range; only a new range in an
+            // unmapped 4 GiB region can fail, and only under the budget.
+            os::fatal("chunk map leaf unavailable while moving a huge block");
+        }
+        if new_len < old_len {
+            budget::GLOBAL.release(old_len - new_len);
+        }
+        GLOBALS.huge_bytes.fetch_add(new_size, Ordering::Relaxed);
+        GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
+        new_base.add(off)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics.
+// ---------------------------------------------------------------------------
+
+/// Adds every heap's counters into `s`.
+pub(crate) fn add_stats(s: &mut crate::Stats) {
+    let mut in_use: isize = 0;
+    let mut h = REGISTRY.all.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: records are never freed; counters are atomics.
+        unsafe {
+            for cls in 0..NUM_CLASSES {
+                let a = (*h).allocs[cls].load(Ordering::Relaxed) as isize;
+                let f = (*h).frees[cls].load(Ordering::Relaxed) as isize;
+                in_use += (a - f) * class_size(cls) as isize;
+            }
+            in_use += (*h).large_alloc_bytes.load(Ordering::Relaxed) as isize;
+            in_use -= (*h).large_free_bytes.load(Ordering::Relaxed) as isize;
+            s.remote_frees += (*h).remote_frees.load(Ordering::Relaxed);
+            s.slab_chunks += (*h).slab_chunks.load(Ordering::Relaxed);
+            s.large_chunks += (*h).large_chunks.load(Ordering::Relaxed);
+            match (*h).state.load(Ordering::Relaxed) {
+                STATE_LIVE => s.live_heaps += 1,
+                STATE_ABANDONED => s.abandoned_heaps += 1,
+                _ => {}
+            }
+            let (b, n, mapped, reused) = (*h).provider.counters();
+            s.chunks_mapped_total += mapped;
+            s.chunks_reused_total += reused;
+            s.cached += b;
+            s.cached_chunks += n;
+            h = (*h).all_next;
+        }
+    }
+    in_use += GLOBALS.huge_bytes.load(Ordering::Relaxed) as isize;
+    in_use -= GLOBALS.heapless_freed_bytes.load(Ordering::Relaxed) as isize;
+    s.remote_frees += GLOBALS.heapless_frees.load(Ordering::Relaxed);
+    s.in_use = in_use.max(0) as usize;
+    s.huge_chunks = GLOBALS.huge_count.load(Ordering::Relaxed);
+}

@@ -1,0 +1,272 @@
+//! OS pages: the only module that calls the kernel for memory.
+//!
+//! Owns `mmap`/`munmap`/`madvise`/`mremap`, the page size, aligned mappings
+//! (over-map and trim) and [`OsPages`], the `allocator_api2::Allocator` page
+//! source the provider is generic over. Nothing here allocates, locks or
+//! panics; every failure is reported as a null pointer or `Err`.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use allocator_api2::alloc::{AllocError, Allocator, Layout};
+
+/// Page size assumed until [`page_size`] has asked the kernel once.
+const DEFAULT_PAGE: usize = 4096;
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The system page size (read once with `sysconf`, which does not allocate).
+#[inline]
+pub fn page_size() -> usize {
+    let p = PAGE_SIZE.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: sysconf is async-signal-safe and allocation-free.
+    let r = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let p = if r > 0 { r as usize } else { DEFAULT_PAGE };
+    PAGE_SIZE.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Rounds `n` up to a multiple of the power of two `a`; `None` on overflow.
+#[inline]
+pub const fn align_up_checked(n: usize, a: usize) -> Option<usize> {
+    match n.checked_add(a - 1) {
+        Some(v) => Some(v & !(a - 1)),
+        None => None,
+    }
+}
+
+/// Maps `len` bytes of fresh, zeroed, read-write memory; null on failure.
+fn map_raw(len: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping with no address hint touches no
+    // existing memory; the kernel picks the place.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Maps `len` bytes (a multiple of the page size) such that `result + offset`
+/// is a multiple of `align` (a power of two, at least the page size).
+/// Returns null on failure. The memory is zeroed.
+///
+/// Over-maps by `align` and trims both ends, so no address space stays
+/// reserved beyond `len`.
+pub fn map_aligned(len: usize, align: usize, offset: usize) -> *mut u8 {
+    let page = page_size();
+    debug_assert!(len % page == 0 && offset % page == 0 && align.is_power_of_two());
+    if align <= page && offset % align == 0 {
+        return map_raw(len);
+    }
+    // First try an exact-size mapping: the kernel often hands out addresses
+    // that already satisfy 64 KiB alignment when earlier mappings were.
+    let p = map_raw(len);
+    if p.is_null() {
+        return p;
+    }
+    if (p as usize).wrapping_add(offset) % align == 0 {
+        return p;
+    }
+    unmap(p, len);
+    let Some(total) = len.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let raw = map_raw(total);
+    if raw.is_null() {
+        return raw;
+    }
+    let raw_addr = raw as usize;
+    // The first address >= raw_addr whose (addr + offset) is aligned.
+    let target = ((raw_addr + offset + align - 1) & !(align - 1)) - offset;
+    let target = if target < raw_addr {
+        target + align
+    } else {
+        target
+    };
+    let head = target - raw_addr;
+    let tail = total - head - len;
+    if head > 0 {
+        unmap(raw, head);
+    }
+    if tail > 0 {
+        unmap((target + len) as *mut u8, tail);
+    }
+    target as *mut u8
+}
+
+/// Returns a mapping to the kernel.
+pub fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: callers pass a range they mapped with `map_aligned`/`remap`
+    // and no longer reference; munmap of such a range cannot affect other
+    // memory.
+    unsafe {
+        libc::munmap(p.cast(), len);
+    }
+}
+
+/// Drops the physical pages behind `[p, p+len)` (`MADV_DONTNEED`): RSS falls
+/// at once and the next touch sees zero-filled pages. The range stays mapped.
+pub fn decommit(p: *mut u8, len: usize) {
+    // SAFETY: the caller owns the page-aligned range and holds no data in it.
+    unsafe {
+        libc::madvise(p.cast(), len, libc::MADV_DONTNEED);
+    }
+}
+
+/// Resizes a mapping without moving it; false on failure (the old mapping
+/// then stays intact).
+pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
+    // SAFETY: `p..p+old_len` is a whole mapping owned by the caller; without
+    // MREMAP_MAYMOVE the kernel resizes in place or fails, changing nothing.
+    let r = unsafe { libc::mremap(p.cast(), old_len, new_len, 0) };
+    r != libc::MAP_FAILED
+}
+
+/// Moves the pages of a mapping onto `target` (a mapping of `new_len`
+/// bytes the caller owns, which is replaced), resizing it; no data is
+/// copied. False on failure, with both mappings intact.
+pub fn remap_to(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> bool {
+    // SAFETY: both ranges are whole mappings owned by the caller; with
+    // MREMAP_FIXED the kernel atomically replaces `target`'s pages or fails
+    // leaving both intact.
+    let r = unsafe {
+        libc::mremap(
+            p.cast(),
+            old_len,
+            new_len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target.cast::<libc::c_void>(),
+        )
+    };
+    r != libc::MAP_FAILED
+}
+
+/// Monotonic milliseconds from the vDSO coarse clock (no syscall, no
+/// allocation); used only on slow paths for purge delays.
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; clock_gettime does not allocate.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
+    }
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// Writes bytes to stderr with `write(2)`: no buffering, no allocation.
+pub fn write_stderr(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: the slice is valid for reads of its length.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+/// Aborts the process after printing `msg`; used where continuing would
+/// corrupt memory. Never unwinds.
+pub fn fatal(msg: &str) -> ! {
+    write_stderr(b"chunkmalloc: fatal: ");
+    write_stderr(msg.as_bytes());
+    write_stderr(b"\n");
+    // SAFETY: abort never returns and needs no invariant.
+    unsafe { libc::abort() }
+}
+
+/// The kernel as an `allocator_api2::Allocator`: every allocation is its own
+/// mapping, aligned to `layout.align()` (at least a page), zeroed.
+///
+/// The provider is generic over this trait so tests can plug in a counting
+/// page source; the real allocator uses `OsPages`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsPages;
+
+// SAFETY: allocate returns fresh mappings of at least `layout.size()` bytes
+// aligned to `layout.align()`; deallocate unmaps exactly what allocate
+// mapped (the length is recomputed from the same layout).
+unsafe impl Allocator for OsPages {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let page = page_size();
+        let len = align_up_checked(layout.size().max(1), page).ok_or(AllocError)?;
+        let p = map_aligned(len, layout.align().max(page), 0);
+        let nn = NonNull::new(p).ok_or(AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(nn, len))
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let len = layout.size().max(1).next_multiple_of(page_size());
+        unmap(ptr.as_ptr(), len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_mappings_are_aligned_and_zeroed() {
+        for shift in [12u32, 16, 21, 24] {
+            let align = 1usize << shift;
+            for offset in [0usize, 4096, 65536] {
+                let p = map_aligned(3 * 65536, align, offset);
+                assert!(!p.is_null());
+                assert_eq!((p as usize + offset) % align, 0);
+                // SAFETY: freshly mapped, 3*64KiB long.
+                let s = unsafe { core::slice::from_raw_parts_mut(p, 3 * 65536) };
+                assert!(s.iter().all(|&b| b == 0));
+                s.fill(7);
+                decommit(p, 3 * 65536);
+                assert!(s.iter().all(|&b| b == 0), "DONTNEED must zero");
+                unmap(p, 3 * 65536);
+            }
+        }
+    }
+
+    #[test]
+    fn os_pages_allocator_round_trip() {
+        let layout = Layout::from_size_align(100_000, 1 << 20).unwrap();
+        let blk = OsPages.allocate(layout).unwrap();
+        assert_eq!(blk.cast::<u8>().as_ptr() as usize % (1 << 20), 0);
+        assert!(blk.len() >= 100_000);
+        // SAFETY: allocated just above with the same layout.
+        unsafe { OsPages.deallocate(blk.cast(), layout) };
+    }
+
+    #[test]
+    fn remap_preserves_contents() {
+        let p = map_aligned(65536, 65536, 0);
+        // SAFETY: 64 KiB mapped above.
+        unsafe { p.write_bytes(0x5a, 65536) };
+        let len = 1 << 22;
+        let q = if remap_in_place(p, 65536, len) {
+            p
+        } else {
+            let t = map_aligned(len, 65536, 0);
+            assert!(remap_to(p, 65536, len, t));
+            t
+        };
+        assert_eq!(q as usize % 65536, 0);
+        // SAFETY: q is a 4 MiB mapping whose first 64 KiB came from p.
+        let s = unsafe { core::slice::from_raw_parts(q, len) };
+        assert!(s[..65536].iter().all(|&b| b == 0x5a));
+        assert!(s[65536..].iter().all(|&b| b == 0));
+        unmap(q, len);
+    }
+}

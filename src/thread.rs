@@ -1,0 +1,321 @@
+//! The thread's heap pointer, thread exit, `fork`, and the allocation entry
+//! points every shim calls.
+//!
+//! The heap pointer is a const-initialised `thread_local!` `Cell` with no
+//! destructor: it compiles to a plain thread-pointer-relative load, never
+//! registers a TLS destructor (which would call `calloc` through
+//! `__cxa_thread_atexit_impl` and recurse), and starts at the static
+//! [`EMPTY_HEAP`] so a thread's first allocation falls into the slow path,
+//! which attaches a heap. Only then is the thread-exit hook armed: a
+//! `pthread_key_create` destructor that abandons the heap. An allocation
+//! made after that destructor (by a later TLS destructor) attaches a heap
+//! again and re-arms the key, which glibc honours for up to
+//! `PTHREAD_DESTRUCTOR_ITERATIONS` rounds.
+//!
+//! Process-wide hooks (the key, `pthread_atfork`, the exit-time statistics
+//! printer) are installed once, by the first thread to attach, after its
+//! heap pointer is set: if installing them allocates, that allocation is
+//! served by the new heap instead of recursing into initialisation.
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::budget;
+use crate::config;
+use crate::heap::{self, FreeResult, Heap, EMPTY_HEAP};
+use crate::os;
+
+thread_local! {
+    static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.as_ptr()) };
+}
+
+/// The calling thread's heap (the empty heap until its first allocation).
+#[inline(always)]
+pub fn current() -> *mut Heap {
+    HEAP.with(|h| h.get())
+}
+
+/// 0 = hooks not installed, 1 = installing, 2 = installed.
+static HOOKS: AtomicU8 = AtomicU8::new(0);
+/// The thread-exit key (valid once `HOOKS` is 2).
+static mut KEY: libc::pthread_key_t = 0;
+
+/// Gives the calling thread a heap. Null if no memory can be had.
+#[cold]
+#[inline(never)]
+fn attach() -> *mut Heap {
+    let cur = current();
+    if cur != EMPTY_HEAP.as_ptr() {
+        return cur;
+    }
+    config::init();
+    let h = heap::acquire();
+    if h.is_null() {
+        return h;
+    }
+    HEAP.with(|c| c.set(h));
+    install_hooks();
+    // SAFETY: KEY was created by `install_hooks` (HOOKS == 2). A
+    // `pthread_setspecific` that allocates is served by `h`, already set.
+    unsafe {
+        libc::pthread_setspecific(KEY, h as *const libc::c_void);
+    }
+    h
+}
+
+fn install_hooks() {
+    if HOOKS.load(Ordering::Acquire) == 2 {
+        return;
+    }
+    if HOOKS
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        // SAFETY: KEY is written once, here, before HOOKS becomes 2; the
+        // handlers are `extern "C"` functions that never unwind.
+        unsafe {
+            let mut key: libc::pthread_key_t = 0;
+            if libc::pthread_key_create(&mut key, Some(thread_exit)) != 0 {
+                os::fatal("pthread_key_create failed");
+            }
+            KEY = key;
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+            libc::atexit(process_exit);
+        }
+        HOOKS.store(2, Ordering::Release);
+    } else {
+        while HOOKS.load(Ordering::Acquire) != 2 {
+            // SAFETY: no preconditions; does not allocate.
+            unsafe {
+                libc::sched_yield();
+            }
+        }
+    }
+}
+
+/// Thread-exit destructor: abandons the heap for another thread to adopt.
+extern "C" fn thread_exit(value: *mut libc::c_void) {
+    let h = value.cast::<Heap>();
+    if h.is_null() || h != current() {
+        return;
+    }
+    HEAP.with(|c| c.set(EMPTY_HEAP.as_ptr()));
+    // SAFETY: `h` was this thread's heap and the thread uses it no more (any
+    // later allocation attaches a heap afresh).
+    unsafe { heap::abandon(h) };
+}
+
+extern "C" fn process_exit() {
+    if config::show_stats() {
+        crate::print_stats();
+    }
+}
+
+extern "C" fn fork_prepare() {
+    for l in heap::global_locks() {
+        l.lock();
+    }
+}
+
+extern "C" fn fork_parent() {
+    for l in heap::global_locks().iter().rev() {
+        l.unlock();
+    }
+}
+
+extern "C" fn fork_child() {
+    for l in heap::global_locks().iter().rev() {
+        l.force_unlock();
+    }
+    heap::orphan_others(current());
+}
+
+// ---------------------------------------------------------------------------
+// Entry points.
+// ---------------------------------------------------------------------------
+
+/// Allocates `size` bytes aligned to 16; null when memory (or the budget)
+/// is exhausted.
+#[inline(always)]
+pub fn malloc(size: usize) -> *mut u8 {
+    // SAFETY: `current()` is this thread's heap.
+    let p = unsafe { heap::malloc(current(), size) };
+    if !p.is_null() {
+        return p;
+    }
+    alloc_retry(size, 16, false)
+}
+
+/// Allocates `size` zeroed bytes aligned to 16.
+#[inline]
+pub fn malloc_zeroed(size: usize) -> *mut u8 {
+    // SAFETY: as in `malloc`.
+    let p = unsafe { heap::malloc_zeroed(current(), size) };
+    if !p.is_null() {
+        return p;
+    }
+    alloc_retry(size, 16, true)
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two), optionally
+/// zeroed.
+#[inline]
+pub fn malloc_aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: as in `malloc`.
+    let p = unsafe { heap::malloc_aligned(current(), size, align, zero) };
+    if !p.is_null() {
+        return p;
+    }
+    alloc_retry(size, align, zero)
+}
+
+/// The slow end of every allocation: attach a heap if the thread has
+/// none, retry, and on failure purge caches and retry once more.
+#[cold]
+#[inline(never)]
+fn alloc_retry(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let mut h = current();
+    if h == EMPTY_HEAP.as_ptr() {
+        h = attach();
+        if h.is_null() {
+            return fail(size);
+        }
+        // SAFETY: `h` is this thread's heap now.
+        let p = unsafe { heap::malloc_aligned(h, size, align, zero) };
+        if !p.is_null() {
+            return p;
+        }
+    }
+    if size > heap::MAX_REQUEST {
+        return fail(size);
+    }
+    // SAFETY: `h` is this thread's heap.
+    unsafe {
+        heap::purge(h);
+        let p = heap::malloc_aligned(h, size, align, zero);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    fail(size)
+}
+
+#[cold]
+fn fail(size: usize) -> *mut u8 {
+    budget::GLOBAL.note_failure();
+    if config::verbose() {
+        report_failure(size);
+    }
+    ptr::null_mut()
+}
+
+fn report_failure(size: usize) {
+    use core::sync::atomic::AtomicU64;
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = os::now_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if last != 0 && now < last + 1000 {
+        return;
+    }
+    LAST_MS.store(now.max(1), Ordering::Relaxed);
+    let mut b = crate::fmt::Buf::new();
+    b.push(b"chunkmalloc: allocation of ")
+        .push_num(size as u64)
+        .push(b" bytes failed (committed ")
+        .push_num(budget::GLOBAL.committed() as u64)
+        .push(b", budget ");
+    match budget::GLOBAL.limit() {
+        Some(l) => b.push_num(l as u64),
+        None => b.push(b"none"),
+    };
+    b.push(b")\n");
+    os::write_stderr(b.as_bytes());
+}
+
+/// Frees `p` (null is a no-op). Reports pointers chunkmalloc never handed
+/// out and leaves them alone.
+///
+/// # Safety
+/// `p` is null, a live pointer from chunkmalloc, or a pointer into memory
+/// chunkmalloc never handed out.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `current()` is this thread's heap; `p` is live or foreign.
+    if unsafe { heap::free(current(), p) } == FreeResult::Invalid {
+        report_invalid(p, b"free");
+    }
+}
+
+/// Reports a pointer chunkmalloc did not hand out (first 16 reports).
+#[cold]
+pub fn report_invalid(p: *mut u8, what: &[u8]) {
+    use core::sync::atomic::AtomicUsize;
+    static REPORTS: AtomicUsize = AtomicUsize::new(0);
+    if REPORTS.fetch_add(1, Ordering::Relaxed) >= 16 {
+        return;
+    }
+    let mut b = crate::fmt::Buf::new();
+    b.push(b"chunkmalloc: ")
+        .push(what)
+        .push(b"(")
+        .push_hex(p as u64)
+        .push(b"): pointer was not allocated by chunkmalloc (or was already freed); ignored\n");
+    os::write_stderr(b.as_bytes());
+}
+
+/// Usable size of `p`; 0 for null or foreign pointers.
+///
+/// # Safety
+/// As [`free`].
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    // SAFETY: `p` is live or foreign; the lookup is checked.
+    unsafe { heap::usable_size(p) }.unwrap_or(0)
+}
+
+/// Resizes `p` to `new_size` bytes with alignment `align`, in place when
+/// the block allows; `p` null allocates. Null on failure, with `p` intact.
+///
+/// # Safety
+/// As [`free`]; on success `p` must no longer be used.
+pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc_aligned(new_size, align, false);
+    }
+    // SAFETY: `p` is live or foreign; every helper checks the chunk map.
+    unsafe {
+        if heap::resize_in_place(p, new_size) {
+            return p;
+        }
+        let Some(old) = heap::usable_size(p) else {
+            report_invalid(p, b"realloc");
+            return ptr::null_mut();
+        };
+        if new_size > crate::size_class::MAX_CHUNK_CLASS_SIZE {
+            let q = heap::realloc_huge(p, new_size);
+            if !q.is_null() {
+                return q;
+            }
+        }
+        let q = malloc_aligned(new_size, align, false);
+        if q.is_null() {
+            return q;
+        }
+        ptr::copy_nonoverlapping(p, q, old.min(new_size));
+        free(p);
+        q
+    }
+}
+
+/// Collects the calling thread's heap and decommits every cached chunk.
+/// Returns the bytes given back by this call.
+pub fn purge() -> usize {
+    // SAFETY: `current()` is this thread's heap.
+    unsafe { heap::purge(current()) }
+}
