@@ -375,15 +375,17 @@ unsafe fn retire(heap: *mut Heap, c: *mut Chunk) {
 /// `heap` is the calling thread's heap (or the empty heap).
 #[inline(always)]
 pub unsafe fn alloc_class(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
+    debug_assert!(cls < NUM_CLASSES);
     // SAFETY: the owner thread reads its own bins; the empty heap's entries
-    // point at the never-written empty chunk whose `free` is null.
+    // point at the never-written empty chunk whose `free` is null. `cls` is
+    // a class index (< NUM_CLASSES) by construction of `class_of`.
     unsafe {
-        let c = (*heap).current[cls];
+        let c = *(*heap).current.get_unchecked(cls);
         let b = (*c).free;
         if !b.is_null() {
             (*c).free = (*b).next;
             (*c).used += 1;
-            bump(&(*heap).allocs[cls], 1);
+            bump((*heap).allocs.get_unchecked(cls), 1);
             if zero {
                 zero_block(c, b, cls);
             }
@@ -417,7 +419,32 @@ unsafe fn alloc_slow(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
     }
     // SAFETY: owner thread of a real heap.
     unsafe {
-        process_pending(heap);
+        if !(*heap).pending.is_empty() {
+            process_pending(heap);
+        }
+        // Common case: the current chunk's own frees refill it.
+        let c = (*heap).current[cls];
+        if !(*c).local_free.is_null() {
+            (*c).free = (*c).local_free;
+            (*c).local_free = ptr::null_mut();
+            (*c).free_is_zero = false;
+            Chunk::collect_remote(c);
+            return alloc_class(heap, cls, zero);
+        }
+        alloc_generic(heap, cls, zero)
+    }
+}
+
+/// Walks the bin for a chunk with free blocks, detaching full ones, and
+/// takes a new chunk from the provider when none has any.
+///
+/// # Safety
+/// Owner thread of a real heap.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
+    // SAFETY: owner thread of a real heap.
+    unsafe {
         let mut c = (*heap).bins[cls].first;
         while !c.is_null() {
             if Chunk::refill(c) {
@@ -629,6 +656,54 @@ pub enum FreeResult {
     /// Not a pointer chunkmalloc handed out (or already freed, for large
     /// and huge objects); nothing was changed.
     Invalid,
+    /// The calling thread has no heap yet and the block belongs to one:
+    /// attach a heap and free again (or, if none can be had, use
+    /// [`free_heapless`]). Nothing was changed.
+    NeedsHeap,
+}
+
+/// Frees a slab or large block from a thread that has no heap and cannot
+/// get one (out of memory): the block goes to its owner like any remote
+/// free, and the statistics are kept in global atomics.
+///
+/// # Safety
+/// `p` is a live pointer from this allocator.
+#[cold]
+pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
+    let c = chunk_map::lookup(p as usize) as *mut Chunk;
+    if c.is_null() {
+        return FreeResult::Invalid;
+    }
+    // SAFETY: live chunk header; the steps mirror `free_slow`'s remote
+    // branches, with global counters.
+    unsafe {
+        let owner = (*c).owner.load(Ordering::Relaxed) as *mut Heap;
+        match (*c).kind {
+            Kind::Slab => {
+                let mut p = p;
+                if (*c).flags & FLAG_ALIGNED != 0 {
+                    p = Chunk::block_start(c, p);
+                }
+                GLOBALS.heapless_frees.fetch_add(1, Ordering::Relaxed);
+                GLOBALS
+                    .heapless_freed_bytes
+                    .fetch_add(class_size((*c).class as usize), Ordering::Relaxed);
+                if Chunk::push_remote(c, p.cast()) {
+                    (*owner).pending.push(c);
+                }
+                FreeResult::Done
+            }
+            Kind::Large if p == c.cast::<u8>().add((*c).obj_offset) => {
+                GLOBALS
+                    .heapless_freed_bytes
+                    .fetch_add((*c).obj_size, Ordering::Relaxed);
+                (*owner).large_chunks.fetch_sub(1, Ordering::Relaxed);
+                (*owner).provider.push_shared(c);
+                FreeResult::Done
+            }
+            _ => free_slow(EMPTY_HEAP.as_ptr(), c, p),
+        }
+    }
 }
 
 /// Frees `p` (non-null).
@@ -650,8 +725,10 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
             (*b).next = (*c).local_free;
             (*c).local_free = b;
             (*c).used -= 1;
-            bump(&(*heap).frees[(*c).class as usize], 1);
-            if (*c).used == 0 {
+            // `class` < NUM_CLASSES for every slab (set by `init_slab`).
+            let cls = (*c).class as usize;
+            bump((*heap).frees.get_unchecked(cls), 1);
+            if (*c).used == 0 && *(*heap).current.get_unchecked(cls) != c {
                 free_empty(heap, c);
             }
             return FreeResult::Done;
@@ -660,17 +737,18 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
     }
 }
 
-/// A local free emptied a chunk: retire it unless it is the bin's current
-/// chunk (kept so an alloc/free loop does not thrash the provider).
+/// A local free emptied a chunk that is not its bin's current chunk (the
+/// current one is kept so an alloc/free loop does not thrash the
+/// provider): retire it.
+///
+/// # Safety
+/// Owner thread; `c` is an attached slab of `heap` with no live blocks.
 #[cold]
 unsafe fn free_empty(heap: *mut Heap, c: *mut Chunk) {
     // SAFETY: owner thread.
     unsafe {
-        let cls = (*c).class as usize;
-        if (*heap).current[cls] != c {
-            bin_remove(heap, cls, c);
-            retire(heap, c);
-        }
+        bin_remove(heap, (*c).class as usize, c);
+        retire(heap, c);
     }
 }
 
@@ -703,19 +781,14 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                             }
                         }
                         // else: queued on our pending list; handled there.
-                    } else if (*c).used == 0 {
+                    } else if (*c).used == 0 && (*heap).current[cls] != c {
                         free_empty(heap, c);
                     }
+                } else if is_empty(heap) {
+                    return FreeResult::NeedsHeap;
                 } else {
-                    if is_empty(heap) {
-                        GLOBALS.heapless_frees.fetch_add(1, Ordering::Relaxed);
-                        GLOBALS
-                            .heapless_freed_bytes
-                            .fetch_add(class_size(cls), Ordering::Relaxed);
-                    } else {
-                        bump(&(*heap).frees[cls], 1);
-                        bump(&(*heap).remote_frees, 1);
-                    }
+                    bump(&(*heap).frees[cls], 1);
+                    bump(&(*heap).remote_frees, 1);
                     if Chunk::push_remote(c, b) {
                         (*owner).pending.push(c);
                     }

@@ -245,7 +245,35 @@ pub unsafe fn free(p: *mut u8) {
         return;
     }
     // SAFETY: `current()` is this thread's heap; `p` is live or foreign.
-    if unsafe { heap::free(current(), p) } == FreeResult::Invalid {
+    let r = unsafe { heap::free(current(), p) };
+    if r != FreeResult::Done {
+        // SAFETY: forwarded contract.
+        unsafe { free_retry(p, r) };
+    }
+}
+
+/// The slow end of `free`: report invalid pointers; give a heapless thread
+/// a heap (so its later frees are counted locally) and free again.
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_retry(p: *mut u8, r: FreeResult) {
+    let r = if r == FreeResult::NeedsHeap {
+        let h = attach();
+        // SAFETY: `h` is this thread's heap; `p` unchanged since the first try.
+        unsafe {
+            if h.is_null() {
+                heap::free_heapless(p)
+            } else {
+                heap::free(h, p)
+            }
+        }
+    } else {
+        r
+    };
+    if r == FreeResult::Invalid {
         report_invalid(p, b"free");
     }
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Instructions per malloc+free pair, by callgrind, for chunkmalloc and the
+# allocators it is compared with. Each figure is the difference between two
+# runs of examples/probe.rs (n and 2n operations) divided by n, so start-up
+# and warm-up cancel out; the harness's own cost (the same loop over an
+# allocator that does nothing) is subtracted.
+# Usage: scripts/fastpath-probe.sh [n] [allocators...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-200000}
+shift || true
+allocs=("$@")
+[ ${#allocs[@]} -gt 0 ] || allocs=(chunkmalloc mimalloc jemalloc system)
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+cargo build --release --example probe -q
+bin=target/release/examples/probe
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+ir() {
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$bin" "$1" "$2" "$3" >/dev/null 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+  grep -E '^summary:|^totals:' "$tmp/out" | head -1 | awk '{print $2}'
+}
+per_op() { # allocator scenario -> instructions per pair, harness included
+  local lo hi
+  lo=$(ir "$1" "$2" "$n")
+  hi=$(ir "$1" "$2" $((2 * n)))
+  awk -v a="$lo" -v b="$hi" -v n="$n" 'BEGIN{printf "%.2f", (b-a)/n}'
+}
+declare -A base
+for s in single batch remote; do base[$s]=$(per_op noop "$s"); done
+printf '%-12s %10s %10s %10s   (instructions per malloc+free pair, harness of %s/%s/%s subtracted)\n' \
+  allocator single batch remote "${base[single]}" "${base[batch]}" "${base[remote]}"
+for a in "${allocs[@]}"; do
+  row=()
+  for s in single batch remote; do
+    row+=("$(awk -v v="$(per_op "$a" "$s")" -v b="${base[$s]}" 'BEGIN{printf "%.1f", v-b}')")
+  done
+  printf '%-12s %10s %10s %10s\n' "$a" "${row[@]}"
+done
