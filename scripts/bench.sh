@@ -22,7 +22,9 @@ usage: scripts/bench.sh [options]
                    "pareto" selects all of its entries); see --list
   --alloc A,B,...  run only these allocators (glibc,jemalloc,mimalloc,chunkmalloc)
   --no-build       do not build chunkmalloc or the workloads; use what exists
-  --timeout SEC    per-run time limit (default 60 + 240 * scale seconds)
+  --timeout SEC    per-run time limit (default 60 + 90 * scale seconds); a
+                   workload that times out under an allocator is not run
+                   again under that allocator
   --list           list the workloads and exit
   -h, --help       this text
 
@@ -74,7 +76,7 @@ fi
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps wants a positive integer, got '$REPS'"
 [[ $SCALE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && awk -v s="$SCALE" 'BEGIN { exit !(s > 0 && s <= 1000) }' ||
     die "--scale wants a number in (0, 1000], got '$SCALE'"
-[[ -n $TIMEOUT ]] || TIMEOUT=$(awk -v s="$SCALE" 'BEGIN { printf "%d", 60 + 240 * s }')
+[[ -n $TIMEOUT ]] || TIMEOUT=$(awk -v s="$SCALE" 'BEGIN { printf "%d", 60 + 90 * s }')
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout wants a positive integer number of seconds"
 
 if [[ -n $ALLOC_ONLY ]]; then
@@ -445,7 +447,7 @@ wl_command() {
 
 RUNS_CSV=$OUT/runs.csv
 echo "workload,allocator,rep,wall_s,user_s,sys_s,maxrss_kib,status,checksum" >"$RUNS_CSV"
-declare -A REF=() SUM=() STATUS=()
+declare -A REF=() SUM=() STATUS=() TIMED_OUT=()
 FAILS=0
 
 # run_one WORKLOAD ALLOC REP: sets R_WALL R_USER R_SYS R_RSS R_STATUS R_SUM
@@ -458,6 +460,7 @@ run_one() {
     (
         cd "$RUN_DIR"
         export WORKLOAD_SCALE=$SCALE LC_ALL=C
+        ulimit -c 0 # no core dumps from crashing runs
         exec /usr/bin/time -f '%e %U %S %M' -o "$tf" \
             timeout -k 5 "$TIMEOUT" "${pre[@]}" "${CMD[@]}" <"$STDIN" >"$out" 2>"$err"
     ) || rc=$?
@@ -482,9 +485,9 @@ run_one() {
         file:*) if [[ -f ${CHECK#file:} ]]; then R_SUM=$(sha256sum <"${CHECK#file:}" | cut -c1-16); fi ;;
     esac
     if [[ $R_STATUS == ok && -z $R_SUM ]]; then R_STATUS="no checksum"; fi
-    # keep the logs only when they say something
+    # keep the logs of failed runs (and any stderr output)
     [[ -s $err ]] || rm -f "$err"
-    if [[ $R_STATUS == ok ]]; then rm -f "$tf"; fi
+    if [[ $R_STATUS == ok ]]; then rm -f "$tf" "$out"; fi
     rm -rf "$RUN_DIR"
 }
 
@@ -522,14 +525,24 @@ for ((rep = 1; rep <= REPS; rep++)); do
         for a in "${order[@]}"; do
             i=$((i + 1))
             printf '[%d/%d] %s %s rep %d ... ' "$i" "$TOTAL" "$w" "$a" "$rep" >&2
-            run_one "$w" "$a" "$rep"
+            if [[ -n ${TIMED_OUT[$w,$a]:-} ]]; then
+                # do not wait for the same hang again
+                R_WALL="" R_USER="" R_SYS="" R_RSS="" R_SUM="" R_STATUS="not run: timed out in rep ${TIMED_OUT[$w,$a]}"
+            else
+                run_one "$w" "$a" "$rep"
+                if [[ $R_STATUS == timeout* ]]; then TIMED_OUT[$w,$a]=$rep; fi
+            fi
             SUM[$w,$a,$rep]=$R_SUM
             STATUS[$w,$a,$rep]=$R_STATUS
             if [[ $R_STATUS == ok ]]; then
                 printf '%s s %s MiB\n' "$R_WALL" "$(((R_RSS + 512) / 1024))" >&2
             else
                 printf 'FAILED (%s)\n' "$R_STATUS" >&2
-                fail_run "$w" "$a" "$rep" "$R_STATUS; logs in $LOGDIR/$w.$a.$rep.*"
+                if [[ $R_STATUS == "not run"* ]]; then
+                    fail_run "$w" "$a" "$rep" "$R_STATUS"
+                else
+                    fail_run "$w" "$a" "$rep" "$R_STATUS; logs in $LOGDIR/$w.$a.$rep.*"
+                fi
             fi
             printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$rep" "$R_WALL" "$R_USER" "$R_SYS" "$R_RSS" \
                 "$R_STATUS" "$R_SUM" >>"$RUNS_CSV"
@@ -554,7 +567,7 @@ BENCH_T1=$(date +%s)
 # results.csv: the runs that passed every check; runs.csv gets the final statuses
 {
     echo "workload,allocator,rep,wall_s,user_s,sys_s,maxrss_kib"
-    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a rep wall usr sys rss st sum; do
+    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a rep wall usr sys rss _; do
         if [[ ${STATUS[$w,$a,$rep]} == ok ]]; then
             printf '%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$rep" "$wall" "$usr" "$sys" "$rss"
         fi
@@ -562,7 +575,7 @@ BENCH_T1=$(date +%s)
 } >"$OUT/results.csv"
 {
     head -n1 "$RUNS_CSV"
-    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a rep wall usr sys rss st sum; do
+    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a rep wall usr sys rss _ sum; do
         printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$rep" "$wall" "$usr" "$sys" "$rss" "${STATUS[$w,$a,$rep]}" "$sum"
     done
 } >"$RUNS_CSV.tmp"

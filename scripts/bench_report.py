@@ -435,10 +435,12 @@ def write_svg(path, st, base, meta):
     ng = len(st.workloads) + 1
     nbars = max(1, len([a for a in allocs if a != base]))
     width = max(760, int(56 + 10 + ng * max(14 * nbars + 12, 40)))
-    label_room = 24 + int(5.2 * max(len(w) for w in list(st.workloads) + ["geomean"]))
+    label_room = 16 + int(5.0 * max(len(w) for w in list(st.workloads) + ["geomean"]))
     panel_h = 300 + label_room
     header = 78
-    height = header + 2 * panel_h + 24
+    partial = any(st.ratio(m, w, a, base) is None and (w, base) in getattr(st, m)
+                  for m in ("wall", "rss") for w in st.workloads for a in allocs if a != base)
+    height = header + 2 * panel_h + (22 if partial else 0)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
            "<style>",
@@ -481,9 +483,8 @@ def write_svg(path, st, base, meta):
         out.append(f'<text x="{lx + 19}" y="65" class="leg">{escape(label)}</text>')
         lx += int(7.4 * len(label)) + 40
     out.append(f'<text x="{lx + 10}" y="65" class="note">✕ = no passing run</text>')
-    partial = svg_panel(out, st, "wall", base, f"Wall time ÷ {base}", 0, header, width, panel_h, label_room)
-    partial |= svg_panel(out, st, "rss", base, f"Peak RSS ÷ {base}", 0, header + panel_h, width, panel_h,
-                         label_room)
+    svg_panel(out, st, "wall", base, f"Wall time ÷ {base}", 0, header, width, panel_h, label_room)
+    svg_panel(out, st, "rss", base, f"Peak RSS ÷ {base}", 0, header + panel_h, width, panel_h, label_room)
     if partial:
         out.append(f'<text x="10" y="{height - 8}" class="note">* geometric mean over the workloads '
                    f'where the allocator had a passing run</text>')

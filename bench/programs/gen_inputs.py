@@ -84,9 +84,9 @@ def gen_cfile(scale, out):
 
 def gen_sql(scale, out):
     rng = random.Random(2002)
-    n_people = scaled(50000, scale, 200)
-    n_orders = scaled(150000, scale, 600)
-    n_explicit = scaled(15000, scale, 100)
+    n_people = scaled(40000, scale, 200)
+    n_orders = scaled(120000, scale, 600)
+    n_explicit = scaled(12000, scale, 100)
     w = []
     w.append("PRAGMA cache_size = -65536;")
     w.append("CREATE TABLE person(id INTEGER PRIMARY KEY, name TEXT, city TEXT, age INT, bio TEXT);")
