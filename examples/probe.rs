@@ -28,14 +28,28 @@ fn layout(i: usize) -> Layout {
 struct Noop;
 
 static mut SCRATCH: [u64; 64] = [0; 64];
+static SCRATCH_PTR: SyncPtr = SyncPtr(std::ptr::addr_of_mut!(SCRATCH) as *mut u8);
+static mut SINK: usize = 0;
+
+struct SyncPtr(*mut u8);
+// SAFETY: the pointer is only read.
+unsafe impl Sync for SyncPtr {}
 
 // SAFETY: never used for real storage; the probe only writes one byte to
 // each "allocation", and the buffer outlives every use.
 unsafe impl GlobalAlloc for Noop {
+    // One volatile access each way keeps the loops from being optimised
+    // away without adding work a real allocator would not also do.
     unsafe fn alloc(&self, _l: Layout) -> *mut u8 {
-        std::ptr::addr_of_mut!(SCRATCH).cast()
+        // SAFETY: reading a static's address, no data race (single value).
+        unsafe { std::ptr::read_volatile(std::ptr::addr_of!(SCRATCH_PTR.0)) }
     }
-    unsafe fn dealloc(&self, _p: *mut u8, _l: Layout) {}
+    unsafe fn dealloc(&self, p: *mut u8, _l: Layout) {
+        // SAFETY: SINK is written only here; racing writes of a usize by the
+        // remote scenario's one consumer thread are not possible (one thread
+        // frees).
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!(SINK), p as usize) }
+    }
 }
 
 #[inline(never)]

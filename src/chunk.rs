@@ -34,12 +34,20 @@ pub struct Block {
     pub next: *mut Block,
 }
 
-/// `flags`: some blocks were handed out at an offset inside their block.
-pub const FLAG_ALIGNED: u8 = 1;
-/// `flags`: the chunk was detached from its bin because it was full.
-pub const FLAG_FULL: u8 = 2;
-/// `flags`: not a slab (large, huge or cached).
-pub const FLAG_NOT_SLAB: u8 = 4;
+/// Flag: some blocks were handed out at an offset inside their block.
+pub const FLAG_ALIGNED: usize = 1;
+/// Flag: the chunk was detached from its bin because it was full.
+pub const FLAG_FULL: usize = 2;
+/// Flag: not a slab (large, huge or cached).
+pub const FLAG_NOT_SLAB: usize = 4;
+/// The flag bits of `Chunk::tag` (owners are 64-byte aligned heap records).
+pub const FLAG_MASK: usize = 7;
+
+/// Bit position of the length in `remote_free`. User-space addresses on
+/// x86-64 and AArch64 Linux are below 2^48 (the chunk map refuses chunks
+/// above), and a slab holds at most 4,088 blocks, so both fit.
+pub const REMOTE_COUNT_SHIFT: u32 = 48;
+const REMOTE_PTR_MASK: usize = (1 << REMOTE_COUNT_SHIFT) - 1;
 
 /// `notify`: nobody is waiting.
 pub const NOTIFY_NONE: u8 = 0;
@@ -74,8 +82,7 @@ pub struct Chunk {
     /// Blocks handed out and not yet freed back to the owner (remote frees
     /// not yet collected still count).
     pub used: u32,
-    /// Fast-path guard: a free takes the fast path only when this is 0.
-    pub flags: u8,
+    _pad_flags: u8,
     /// Size class (slab).
     pub class: u8,
     /// Every block on `free` is zero apart from its link word.
@@ -93,15 +100,23 @@ pub struct Chunk {
     pub bump: *mut u8,
     /// End of the block area.
     pub end: *mut u8,
-    /// The owning heap's address (opaque here). Written by the owner while
-    /// no block is live; read by any thread on free.
-    pub owner: AtomicUsize,
+    /// The owning heap's address (opaque here, 64-byte aligned) with the
+    /// `FLAG_*` bits in its low bits, so the free fast path checks "mine, a
+    /// plain attached slab" with one compare: `tag == heap`. Written only by
+    /// the owner (or by whoever holds the chunk exclusively); read by any
+    /// thread on free.
+    pub tag: AtomicUsize,
     /// Owner-only doubly linked list (heap bin, provider local cache).
     pub next: *mut Chunk,
 
     // ---- line 1: shared ----
-    /// Blocks freed by other threads (a Treiber stack; the owner takes it all).
-    pub remote_free: AtomicPtr<Block>,
+    /// Blocks freed by other threads: a Treiber stack whose head word packs
+    /// the list length in its top 16 bits ([`REMOTE_COUNT_SHIFT`]) with the
+    /// head pointer below, so the owner takes the list *and* its length
+    /// with one `swap(0)` and never walks it. The length in the same word
+    /// as the pointer also means a CAS cannot succeed against a stale
+    /// length (no ABA on the count).
+    pub remote_free: AtomicUsize,
     /// Notification state (`NOTIFY_*`): whether the owner detached the chunk
     /// as full and wants the next remote free to queue it on its pending
     /// list.
@@ -148,7 +163,7 @@ impl Chunk {
         Chunk {
             free: ptr::null_mut(),
             used: 0,
-            flags: FLAG_NOT_SLAB,
+            _pad_flags: 0,
             class: 0,
             free_is_zero: false,
             fresh: false,
@@ -158,9 +173,9 @@ impl Chunk {
             local_free: ptr::null_mut(),
             bump: ptr::null_mut(),
             end: ptr::null_mut(),
-            owner: AtomicUsize::new(0),
+            tag: AtomicUsize::new(FLAG_NOT_SLAB),
             next: ptr::null_mut(),
-            remote_free: AtomicPtr::new(ptr::null_mut()),
+            remote_free: AtomicUsize::new(0),
             notify: AtomicU8::new(NOTIFY_NONE),
             decommitted: false,
             _pad1: [0; 6],
@@ -201,7 +216,6 @@ impl Chunk {
             let cap = ((*c).size - HEADER_SIZE) / block_size;
             (*c).free = ptr::null_mut();
             (*c).used = 0;
-            (*c).flags = 0;
             (*c).class = class as u8;
             (*c).free_is_zero = false;
             (*c).block_size = block_size as u32;
@@ -209,11 +223,68 @@ impl Chunk {
             (*c).local_free = ptr::null_mut();
             (*c).bump = base.add(HEADER_SIZE);
             (*c).end = base.add(HEADER_SIZE + cap * block_size);
-            (*c).owner.store(owner, Ordering::Relaxed);
+            (*c).tag.store(owner, Ordering::Relaxed);
             (*c).next = ptr::null_mut();
             (*c).prev = ptr::null_mut();
-            (*c).remote_free.store(ptr::null_mut(), Ordering::Relaxed);
+            (*c).remote_free.store(0, Ordering::Relaxed);
             (*c).notify.store(NOTIFY_NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// The owner's address (without flag bits).
+    ///
+    /// # Safety
+    /// `c` is a live chunk header.
+    #[inline(always)]
+    pub unsafe fn owner(c: *mut Chunk) -> usize {
+        // SAFETY: per the contract.
+        unsafe { (*c).tag.load(Ordering::Relaxed) & !FLAG_MASK }
+    }
+
+    /// The `FLAG_*` bits.
+    ///
+    /// # Safety
+    /// `c` is a live chunk header.
+    #[inline(always)]
+    pub unsafe fn flags(c: *mut Chunk) -> usize {
+        // SAFETY: per the contract.
+        unsafe { (*c).tag.load(Ordering::Relaxed) & FLAG_MASK }
+    }
+
+    /// Sets owner and flags at once.
+    ///
+    /// # Safety
+    /// The caller holds `c` exclusively (no block of it is live).
+    #[inline]
+    pub unsafe fn set_tag(c: *mut Chunk, owner: usize, flags: usize) {
+        debug_assert_eq!(owner & FLAG_MASK, 0);
+        // SAFETY: per the contract.
+        unsafe { (*c).tag.store(owner | flags, Ordering::Relaxed) }
+    }
+
+    /// Sets flag bits (a plain load and store: only the owner writes).
+    ///
+    /// # Safety
+    /// Owner only.
+    #[inline]
+    pub unsafe fn set_flags(c: *mut Chunk, f: usize) {
+        // SAFETY: per the contract.
+        unsafe {
+            let t = (*c).tag.load(Ordering::Relaxed);
+            (*c).tag.store(t | f, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears flag bits (owner only, as [`Chunk::set_flags`]).
+    ///
+    /// # Safety
+    /// Owner only.
+    #[inline]
+    pub unsafe fn clear_flags(c: *mut Chunk, f: usize) {
+        // SAFETY: per the contract.
+        unsafe {
+            let t = (*c).tag.load(Ordering::Relaxed);
+            (*c).tag.store(t & !f, Ordering::Relaxed);
         }
     }
 
@@ -264,25 +335,29 @@ impl Chunk {
         }
     }
 
-    /// Takes every remote free into `free` (prepending). Returns the number
-    /// taken; `used` drops by that much.
+    /// Takes every remote free into `free`. Returns the number taken;
+    /// `used` drops by that much. O(1) when `free` is empty (the list
+    /// becomes `free`); otherwise the shorter work of walking the remote
+    /// list to its tail.
     ///
     /// # Safety
     /// Owner only.
     pub unsafe fn collect_remote(c: *mut Chunk) -> u32 {
         // SAFETY: owner-only fields; the swapped-out list is ours alone.
         unsafe {
-            if (*c).remote_free.load(Ordering::Relaxed).is_null() {
+            if (*c).remote_free.load(Ordering::Relaxed) == 0 {
                 return 0;
             }
-            let head = (*c).remote_free.swap(ptr::null_mut(), Ordering::Acquire);
-            let mut n = 1u32;
-            let mut tail = head;
-            while !(*tail).next.is_null() {
-                tail = (*tail).next;
-                n += 1;
+            let word = (*c).remote_free.swap(0, Ordering::Acquire);
+            let head = (word & REMOTE_PTR_MASK) as *mut Block;
+            let n = (word >> REMOTE_COUNT_SHIFT) as u32;
+            if !(*c).free.is_null() {
+                let mut tail = head;
+                while !(*tail).next.is_null() {
+                    tail = (*tail).next;
+                }
+                (*tail).next = (*c).free;
             }
-            (*tail).next = (*c).free;
             (*c).free = head;
             (*c).free_is_zero = false;
             (*c).used -= n;
@@ -290,8 +365,9 @@ impl Chunk {
         }
     }
 
-    /// Makes `free` non-empty if any block is available: local frees, then
-    /// remote frees, then never-used blocks. Returns whether it succeeded.
+    /// Makes `free` non-empty if any block is available: remote frees
+    /// (taken in O(1)), then local frees, then never-used blocks. Returns
+    /// whether it succeeded.
     ///
     /// # Safety
     /// Owner only; `c` is a slab.
@@ -301,13 +377,13 @@ impl Chunk {
             if !(*c).free.is_null() {
                 return true;
             }
+            if Chunk::collect_remote(c) != 0 {
+                return true;
+            }
             if !(*c).local_free.is_null() {
                 (*c).free = (*c).local_free;
                 (*c).local_free = ptr::null_mut();
                 (*c).free_is_zero = false;
-            }
-            Chunk::collect_remote(c);
-            if !(*c).free.is_null() {
                 return true;
             }
             Chunk::extend(c)
@@ -326,12 +402,13 @@ impl Chunk {
         // SAFETY: `c` is live; `b` is ours to link until the CAS publishes it.
         unsafe {
             let list = &(*c).remote_free;
-            let mut head = list.load(Ordering::Relaxed);
+            let mut word = list.load(Ordering::Relaxed);
             loop {
-                (*b).next = head;
-                match list.compare_exchange_weak(head, b, Ordering::SeqCst, Ordering::Relaxed) {
+                (*b).next = (word & REMOTE_PTR_MASK) as *mut Block;
+                let new = (word & !REMOTE_PTR_MASK) + (1 << REMOTE_COUNT_SHIFT) + b as usize;
+                match list.compare_exchange_weak(word, new, Ordering::SeqCst, Ordering::Relaxed) {
                     Ok(_) => break,
-                    Err(h) => head = h,
+                    Err(w) => word = w,
                 }
             }
             // Dekker pairing with `mark_full`: both sides store then load with
@@ -357,10 +434,10 @@ impl Chunk {
     /// # Safety
     /// Owner only; the chunk is attached and not already full.
     pub unsafe fn mark_full(c: *mut Chunk) -> bool {
-        // SAFETY: owner-only `flags`; `notify` is atomic.
+        // SAFETY: owner-only flag bits; `notify` is atomic.
         unsafe {
             (*c).notify.store(NOTIFY_WANT, Ordering::SeqCst);
-            if !(*c).remote_free.load(Ordering::SeqCst).is_null()
+            if (*c).remote_free.load(Ordering::SeqCst) != 0
                 && (*c)
                     .notify
                     .compare_exchange(
@@ -375,7 +452,7 @@ impl Chunk {
                 // keep it attached and collect now.
                 return false;
             }
-            (*c).flags |= FLAG_FULL;
+            Chunk::set_flags(c, FLAG_FULL);
             true
         }
     }
@@ -389,7 +466,7 @@ impl Chunk {
     /// # Safety
     /// Owner only; `FLAG_FULL` is set.
     pub unsafe fn try_unfull(c: *mut Chunk) -> bool {
-        // SAFETY: owner-only `flags`; `notify` is atomic.
+        // SAFETY: owner-only flag bits; `notify` is atomic.
         unsafe {
             let ok = (*c)
                 .notify
@@ -401,7 +478,7 @@ impl Chunk {
                 )
                 .is_ok();
             if ok {
-                (*c).flags &= !FLAG_FULL;
+                Chunk::clear_flags(c, FLAG_FULL);
             }
             ok
         }
@@ -412,12 +489,12 @@ impl Chunk {
     /// # Safety
     /// Owner only; the chunk came off the pending list.
     pub unsafe fn unfull_from_pending(c: *mut Chunk) {
-        // SAFETY: owner-only `flags`; the freer that queued the chunk is done
+        // SAFETY: owner-only flag bits; the freer that queued the chunk is done
         // with `notify`.
         unsafe {
             debug_assert_eq!((*c).notify.load(Ordering::Relaxed), NOTIFY_QUEUED);
             (*c).notify.store(NOTIFY_NONE, Ordering::Relaxed);
-            (*c).flags &= !FLAG_FULL;
+            Chunk::clear_flags(c, FLAG_FULL);
         }
     }
 }
@@ -546,15 +623,27 @@ mod tests {
                 }
             }
             assert!(Chunk::refill(c));
-            Chunk::collect_remote(c);
+            assert_eq!((*c).used, 0, "remote frees are counted at collection");
+            let len = |mut b: *mut Block| {
+                let mut n = 0;
+                while !b.is_null() {
+                    n += 1;
+                    b = (*b).next;
+                }
+                n
+            };
+            // Refill takes the remote list whole (O(1)) and leaves the
+            // local list for the next refill.
+            assert_eq!(len((*c).free), blocks.len().div_ceil(2));
+            assert_eq!(len((*c).local_free), blocks.len() / 2);
+            // Collecting into a non-empty free list appends.
+            let extra = (*c).free;
+            (*c).free = (*extra).next;
+            (*c).used += 1;
+            assert!(!Chunk::push_remote(c, extra));
+            assert_eq!(Chunk::collect_remote(c), 1);
             assert_eq!((*c).used, 0);
-            let mut n = 0;
-            let mut b = (*c).free;
-            while !b.is_null() {
-                n += 1;
-                b = (*b).next;
-            }
-            assert_eq!(n, blocks.len());
+            assert_eq!(len((*c).free), blocks.len().div_ceil(2));
             os::unmap(c.cast(), CHUNK_SIZE);
         }
     }
@@ -576,11 +665,14 @@ mod tests {
             assert!(!Chunk::push_remote(c, b2), "second does not");
             assert!(!Chunk::try_unfull(c), "a queued chunk stays detached");
             Chunk::unfull_from_pending(c);
-            assert_eq!((*c).flags & FLAG_FULL, 0);
-            assert!((*c).remote_free.load(Ordering::Relaxed) == b2);
+            assert_eq!(Chunk::flags(c) & FLAG_FULL, 0);
+            assert_eq!(
+                (*c).remote_free.load(Ordering::Relaxed),
+                (2 << REMOTE_COUNT_SHIFT) + b2 as usize
+            );
             // Remote free before mark_full: the owner keeps the chunk.
             assert!(!Chunk::mark_full(c));
-            assert_eq!((*c).flags & FLAG_FULL, 0);
+            assert_eq!(Chunk::flags(c) & FLAG_FULL, 0);
             // Detached, then a local free takes it back before any remote.
             Chunk::collect_remote(c);
             assert!(Chunk::mark_full(c));

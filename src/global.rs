@@ -33,7 +33,7 @@ unsafe impl GlobalAlloc for ChunkMalloc {
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` came from this allocator.
-        unsafe { thread::free(ptr) }
+        unsafe { thread::free_nonnull(ptr) }
     }
 
     #[inline]

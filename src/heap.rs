@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::chunk::{
-    Block, Chunk, ChunkStack, Kind, EMPTY_CHUNK, FLAG_ALIGNED, FLAG_FULL, FLAG_NOT_SLAB,
+    Block, Chunk, ChunkStack, Kind, EMPTY_CHUNK, FLAG_ALIGNED, FLAG_FULL, FLAG_MASK, FLAG_NOT_SLAB,
     HEADER_SIZE,
 };
 use crate::chunk_map;
@@ -262,6 +262,43 @@ pub unsafe fn abandon(heap: *mut Heap) {
     REGISTRY.lock.unlock();
 }
 
+/// Collects every abandoned heap: remote frees that reached them since
+/// their threads exited are taken back, empty chunks go to the global
+/// cache. Each heap is taken off the abandoned list while it is worked on,
+/// so the calling thread is its only owner meanwhile. Returns the number
+/// of heaps collected.
+pub fn collect_abandoned() -> usize {
+    REGISTRY.lock.lock();
+    // SAFETY: lock held.
+    let list = unsafe { core::mem::replace(&mut *REGISTRY.abandoned.get(), ptr::null_mut()) };
+    REGISTRY.lock.unlock();
+    let mut n = 0;
+    let mut h = list;
+    let mut last = ptr::null_mut::<Heap>();
+    while !h.is_null() {
+        // SAFETY: the heap is off the list, so this thread owns it until it
+        // is pushed back below; its former thread has exited.
+        unsafe {
+            collect(h, true);
+            (*h).provider.flush();
+            last = h;
+            h = (*h).abandoned_next;
+        }
+        n += 1;
+    }
+    if !last.is_null() {
+        REGISTRY.lock.lock();
+        // SAFETY: lock held; `list..=last` is our private chain.
+        unsafe {
+            let ab = &mut *REGISTRY.abandoned.get();
+            (*last).abandoned_next = *ab;
+            *ab = list;
+        }
+        REGISTRY.lock.unlock();
+    }
+    n
+}
+
 /// In a `fork` child: every heap that was live in another thread is
 /// orphaned (its thread does not exist here, and it may have been
 /// mid-operation, so it is never reused). Remote frees into its chunks stay
@@ -428,7 +465,6 @@ unsafe fn alloc_slow(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
             (*c).free = (*c).local_free;
             (*c).local_free = ptr::null_mut();
             (*c).free_is_zero = false;
-            Chunk::collect_remote(c);
             return alloc_class(heap, cls, zero);
         }
         alloc_generic(heap, cls, zero)
@@ -549,7 +585,7 @@ pub unsafe fn malloc_aligned(heap: *mut Heap, size: usize, align: usize, zero: b
             if q != p as usize {
                 let c = chunk_map::lookup(p as usize) as *mut Chunk;
                 // SAFETY: `p` came from a slab chunk of this heap.
-                unsafe { (*c).flags |= FLAG_ALIGNED };
+                unsafe { Chunk::set_flags(c, FLAG_ALIGNED) };
             }
             return q as *mut u8;
         }
@@ -585,8 +621,7 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
                 return c.cast();
             }
             (*c).kind = Kind::Large;
-            (*c).flags = FLAG_NOT_SLAB;
-            (*c).owner.store(heap as usize, Ordering::Relaxed);
+            Chunk::set_tag(c, heap as usize, FLAG_NOT_SLAB);
             (*c).obj_offset = off;
             (*c).obj_size = size;
             (*heap).large_chunks.fetch_add(1, Ordering::Relaxed);
@@ -629,7 +664,7 @@ fn alloc_huge(size: usize, align: usize) -> *mut u8 {
     // SAFETY: as above.
     unsafe {
         (*c).kind = Kind::Huge;
-        (*c).flags = FLAG_NOT_SLAB;
+        Chunk::set_tag(c, 0, FLAG_NOT_SLAB);
         (*c).obj_offset = off;
         (*c).obj_size = size;
     }
@@ -677,11 +712,11 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
     // SAFETY: live chunk header; the steps mirror `free_slow`'s remote
     // branches, with global counters.
     unsafe {
-        let owner = (*c).owner.load(Ordering::Relaxed) as *mut Heap;
+        let owner = Chunk::owner(c) as *mut Heap;
         match (*c).kind {
             Kind::Slab => {
                 let mut p = p;
-                if (*c).flags & FLAG_ALIGNED != 0 {
+                if Chunk::flags(c) & FLAG_ALIGNED != 0 {
                     p = Chunk::block_start(c, p);
                 }
                 GLOBALS.heapless_frees.fetch_add(1, Ordering::Relaxed);
@@ -718,22 +753,52 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
         return FreeResult::Invalid;
     }
     // SAFETY: the chunk map only holds live chunk headers. The owner and
-    // flags checks make the rest owner-only.
+    // tag check (owner and flags in one word) makes the rest owner-only.
     unsafe {
-        if (*c).owner.load(Ordering::Relaxed) == heap as usize && (*c).flags == 0 {
+        let tag = (*c).tag.load(Ordering::Relaxed);
+        if tag == heap as usize {
             let b = p.cast::<Block>();
             (*b).next = (*c).local_free;
             (*c).local_free = b;
-            (*c).used -= 1;
             // `class` < NUM_CLASSES for every slab (set by `init_slab`).
             let cls = (*c).class as usize;
             bump((*heap).frees.get_unchecked(cls), 1);
-            if (*c).used == 0 && *(*heap).current.get_unchecked(cls) != c {
+            let used = (*c).used - 1;
+            (*c).used = used;
+            if used == 0 && *(*heap).current.get_unchecked(cls) != c {
                 free_empty(heap, c);
             }
             return FreeResult::Done;
         }
+        if tag & (FLAG_MASK & !FLAG_FULL) == 0 && !is_empty(heap) {
+            return free_remote(heap, c, p);
+        }
         free_slow(heap, c, p)
+    }
+}
+
+/// A free into a plain slab (no aligned interior pointers) that this heap
+/// may not own: one CAS onto the chunk's remote list, unless it turns out
+/// to be our own full chunk.
+///
+/// # Safety
+/// `heap` is the calling thread's real heap; `c` is the live slab holding
+/// the block `p`.
+#[inline(never)]
+unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
+    // SAFETY: per the contract; `class` < NUM_CLASSES for every slab.
+    unsafe {
+        let owner = Chunk::owner(c) as *mut Heap;
+        if owner == heap {
+            // Our own chunk, detached as full.
+            return free_slow(heap, c, p);
+        }
+        bump((*heap).frees.get_unchecked((*c).class as usize), 1);
+        bump(&(*heap).remote_frees, 1);
+        if Chunk::push_remote(c, p.cast()) {
+            (*owner).pending.push(c);
+        }
+        FreeResult::Done
     }
 }
 
@@ -760,11 +825,11 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
         match (*c).kind {
             Kind::Slab => {
                 let mut p = p;
-                if (*c).flags & FLAG_ALIGNED != 0 {
+                if Chunk::flags(c) & FLAG_ALIGNED != 0 {
                     p = Chunk::block_start(c, p);
                 }
                 let b = p.cast::<Block>();
-                let owner = (*c).owner.load(Ordering::Relaxed) as *mut Heap;
+                let owner = Chunk::owner(c) as *mut Heap;
                 let cls = (*c).class as usize;
                 if owner == heap {
                     // Local free into a full (detached) or aligned chunk.
@@ -772,7 +837,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                     (*c).local_free = b;
                     (*c).used -= 1;
                     bump(&(*heap).frees[cls], 1);
-                    if (*c).flags & FLAG_FULL != 0 {
+                    if Chunk::flags(c) & FLAG_FULL != 0 {
                         if Chunk::try_unfull(c) {
                             if (*c).used == 0 {
                                 retire(heap, c);
@@ -800,7 +865,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                     return FreeResult::Invalid;
                 }
                 let size = (*c).obj_size;
-                let owner = (*c).owner.load(Ordering::Relaxed) as *mut Heap;
+                let owner = Chunk::owner(c) as *mut Heap;
                 if is_empty(heap) {
                     GLOBALS
                         .heapless_freed_bytes
@@ -894,14 +959,15 @@ pub unsafe fn collect(heap: *mut Heap, all: bool) {
 /// # Safety
 /// Owner thread (or the empty heap).
 pub unsafe fn purge(heap: *mut Heap) -> usize {
+    collect_abandoned();
+    GLOBAL_CACHE.request_flush();
     if is_empty(heap) {
-        GLOBAL_CACHE.request_flush();
-        return 0;
+        let mut p = Provider::new(OsPages, &budget::GLOBAL, &GLOBAL_CACHE);
+        return p.purge_all();
     }
     // SAFETY: owner thread.
     unsafe {
         collect(heap, true);
-        GLOBAL_CACHE.request_flush();
         (*heap).provider.purge_all()
     }
 }

@@ -443,7 +443,7 @@ impl<A: Allocator + 'static> Provider<A> {
         // SAFETY: exclusively ours.
         unsafe {
             (*c).kind = crate::chunk::Kind::Cached;
-            (*c).flags = crate::chunk::FLAG_NOT_SLAB;
+            Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
             (*c).link.store(self.local[cls], Ordering::Relaxed);
         }
         self.local[cls] = c;
@@ -461,7 +461,7 @@ impl<A: Allocator + 'static> Provider<A> {
         unsafe {
             let cls = crate::size_class::chunk_class_of((*c).size);
             (*c).kind = crate::chunk::Kind::Cached;
-            (*c).flags = crate::chunk::FLAG_NOT_SLAB;
+            Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
             self.shared[cls].push(c);
         }
     }

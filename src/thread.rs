@@ -252,6 +252,22 @@ pub unsafe fn free(p: *mut u8) {
     }
 }
 
+/// Frees a non-null `p` (the `GlobalAlloc::dealloc` path, which is never
+/// handed null).
+///
+/// # Safety
+/// As [`free`], and `p` is not null.
+#[inline(always)]
+pub unsafe fn free_nonnull(p: *mut u8) {
+    debug_assert!(!p.is_null());
+    // SAFETY: `current()` is this thread's heap; `p` is live or foreign.
+    let r = unsafe { heap::free(current(), p) };
+    if r != FreeResult::Done {
+        // SAFETY: forwarded contract.
+        unsafe { free_retry(p, r) };
+    }
+}
+
 /// The slow end of `free`: report invalid pointers; give a heapless thread
 /// a heap (so its later frees are counted locally) and free again.
 ///
