@@ -13,7 +13,7 @@ usage() {
     cat <<'EOF'
 usage: scripts/bench.sh [options]
 
-  --quick          scale 0.1 and 1 repetition (a smoke run, ~1-2 minutes)
+  --quick          scale 0.1 and 1 repetition (a smoke run, well under 2 minutes)
   --reps N         repetitions per workload and allocator (default 5)
   --scale X        workload scale factor (default 1.0; --quick sets 0.1)
   --out DIR        report folder (default target/bench-report/<timestamp>,

@@ -179,8 +179,8 @@ def write_markdown(path, st, meta, multi, failures, base):
     L.append("## Summary (geometric means over all workloads)")
     L.append("")
     jem = "jemalloc" if "jemalloc" in allocs else None
-    head = "| allocator | time vs " + base + " | peak RSS vs " + base + " |"
-    sep = "|---|---:|---:|"
+    head = "| allocator | time vs " + base + " | peak RSS vs " + base + " | CPU time vs " + base + " |"
+    sep = "|---|---:|---:|---:|"
     if jem:
         head += " time vs jemalloc | peak RSS vs jemalloc |"
         sep += "---:|---:|"
@@ -196,14 +196,17 @@ def write_markdown(path, st, meta, multi, failures, base):
                 counter[min(vals)[1]] += 1
     nfail = {a: sum(1 for f in failures if f.get("allocator") == a) for a in allocs}
     for a in allocs:
-        row = f"| {a} | {fmt_ratio(st.geo('wall', a, base))} | {fmt_ratio(st.geo('rss', a, base))} |"
+        row = (f"| {a} | {fmt_ratio(st.geo('wall', a, base))} | {fmt_ratio(st.geo('rss', a, base))} | "
+               f"{fmt_ratio(st.geo('cpu', a, base))} |")
         if jem:
             row += f" {fmt_ratio(st.geo('wall', a, jem))} | {fmt_ratio(st.geo('rss', a, jem))} |"
         row += f" {fastest[a]} | {smallest[a]} | {nfail[a]} |"
         L.append(row)
     L.append("")
     L.append("Ratios below 1 mean faster / smaller than the reference.  \"Fastest in\" and "
-             "\"smallest in\" count the workloads where the allocator has the best median.")
+             "\"smallest in\" count the workloads where the allocator has the best median wall time "
+             "and peak RSS.  CPU time (user + sys) is less sensitive than wall time to other load on "
+             "a shared machine, but does not show time lost waiting.")
     L.append("")
 
     L.append("## Wall time")
@@ -512,10 +515,11 @@ def main():
     # summary for the terminal
     lines = [f"geometric means over {len(workloads)} workloads "
              f"(scale {meta.get('scale', '?')}, {meta.get('reps', '?')} rep(s)); ratio to {base}:"]
-    lines.append(f"  {'allocator':<12} {'time':>7} {'peak RSS':>9}" +
-                 ("   vs jemalloc: time  RSS" if "jemalloc" in allocs else ""))
+    lines.append(f"  {'allocator':<12} {'wall':>7} {'peak RSS':>9} {'CPU':>7}" +
+                 ("   vs jemalloc: wall  RSS" if "jemalloc" in allocs else ""))
     for a in allocs:
-        line = f"  {a:<12} {fmt_ratio(st.geo('wall', a, base)):>7} {fmt_ratio(st.geo('rss', a, base)):>9}"
+        line = (f"  {a:<12} {fmt_ratio(st.geo('wall', a, base)):>7} {fmt_ratio(st.geo('rss', a, base)):>9}"
+                f" {fmt_ratio(st.geo('cpu', a, base)):>7}")
         if "jemalloc" in allocs:
             line += f"   {fmt_ratio(st.geo('wall', a, 'jemalloc')):>17} {fmt_ratio(st.geo('rss', a, 'jemalloc')):>5}"
         lines.append(line)
