@@ -625,7 +625,8 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
             (*c).obj_offset = off;
             (*c).obj_size = size;
             (*heap).large_chunks.fetch_add(1, Ordering::Relaxed);
-            bump(&(*heap).large_alloc_bytes, size);
+            // Counted at the usable size, which in-place resizes keep.
+            bump(&(*heap).large_alloc_bytes, (*c).size - off);
             let p = c.cast::<u8>().add(off);
             if zero && !(*c).fresh {
                 p.write_bytes(0, size);
@@ -731,7 +732,7 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
             Kind::Large if p == c.cast::<u8>().add((*c).obj_offset) => {
                 GLOBALS
                     .heapless_freed_bytes
-                    .fetch_add((*c).obj_size, Ordering::Relaxed);
+                    .fetch_add((*c).size - (*c).obj_offset, Ordering::Relaxed);
                 (*owner).large_chunks.fetch_sub(1, Ordering::Relaxed);
                 (*owner).provider.push_shared(c);
                 FreeResult::Done
@@ -864,7 +865,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 if p != c.cast::<u8>().add((*c).obj_offset) {
                     return FreeResult::Invalid;
                 }
-                let size = (*c).obj_size;
+                let size = (*c).size - (*c).obj_offset;
                 let owner = Chunk::owner(c) as *mut Heap;
                 if is_empty(heap) {
                     GLOBALS

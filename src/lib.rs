@@ -18,6 +18,8 @@ pub mod budget;
 pub mod chunk;
 pub mod chunk_map;
 pub mod config;
+#[cfg(feature = "ffi")]
+pub mod ffi;
 mod fmt;
 mod global;
 pub mod heap;

@@ -37,11 +37,35 @@ pub const fn align_up_checked(n: usize, a: usize) -> Option<usize> {
     }
 }
 
+/// This thread's `errno`.
+#[inline]
+pub fn errno() -> libc::c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets this thread's `errno`.
+#[inline]
+pub fn set_errno(e: libc::c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e }
+}
+
+/// Runs a syscall wrapper and restores `errno` afterwards: the allocator's
+/// callers (`free` above all) must not see `errno` change.
+#[inline]
+fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
+    let e = errno();
+    let r = f();
+    set_errno(e);
+    r
+}
+
 /// Maps `len` bytes of fresh, zeroed, read-write memory; null on failure.
 fn map_raw(len: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping with no address hint touches no
     // existing memory; the kernel picks the place.
-    let p = unsafe {
+    let p = keep_errno(|| unsafe {
         libc::mmap(
             ptr::null_mut(),
             len,
@@ -50,7 +74,7 @@ fn map_raw(len: usize) -> *mut u8 {
             -1,
             0,
         )
-    };
+    });
     if p == libc::MAP_FAILED {
         ptr::null_mut()
     } else {
@@ -111,18 +135,18 @@ pub fn unmap(p: *mut u8, len: usize) {
     // SAFETY: callers pass a range they mapped with `map_aligned`/`remap`
     // and no longer reference; munmap of such a range cannot affect other
     // memory.
-    unsafe {
+    keep_errno(|| unsafe {
         libc::munmap(p.cast(), len);
-    }
+    });
 }
 
 /// Drops the physical pages behind `[p, p+len)` (`MADV_DONTNEED`): RSS falls
 /// at once and the next touch sees zero-filled pages. The range stays mapped.
 pub fn decommit(p: *mut u8, len: usize) {
     // SAFETY: the caller owns the page-aligned range and holds no data in it.
-    unsafe {
+    keep_errno(|| unsafe {
         libc::madvise(p.cast(), len, libc::MADV_DONTNEED);
-    }
+    });
 }
 
 /// Resizes a mapping without moving it; false on failure (the old mapping
@@ -130,7 +154,7 @@ pub fn decommit(p: *mut u8, len: usize) {
 pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
     // SAFETY: `p..p+old_len` is a whole mapping owned by the caller; without
     // MREMAP_MAYMOVE the kernel resizes in place or fails, changing nothing.
-    let r = unsafe { libc::mremap(p.cast(), old_len, new_len, 0) };
+    let r = keep_errno(|| unsafe { libc::mremap(p.cast(), old_len, new_len, 0) });
     r != libc::MAP_FAILED
 }
 
@@ -141,7 +165,7 @@ pub fn remap_to(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> 
     // SAFETY: both ranges are whole mappings owned by the caller; with
     // MREMAP_FIXED the kernel atomically replaces `target`'s pages or fails
     // leaving both intact.
-    let r = unsafe {
+    let r = keep_errno(|| unsafe {
         libc::mremap(
             p.cast(),
             old_len,
@@ -149,7 +173,7 @@ pub fn remap_to(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> 
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             target.cast::<libc::c_void>(),
         )
-    };
+    });
     r != libc::MAP_FAILED
 }
 

@@ -1,10 +1,11 @@
 //! The thread's heap pointer, thread exit, `fork`, and the allocation entry
 //! points every shim calls.
 //!
-//! The heap pointer is a const-initialised `thread_local!` `Cell` with no
-//! destructor: it compiles to a plain thread-pointer-relative load, never
-//! registers a TLS destructor (which would call `calloc` through
-//! `__cxa_thread_atexit_impl` and recurse), and starts at the static
+//! The heap pointer is a thread-local word with no destructor (an
+//! initial-exec TLS variable on x86-64 Linux, a const `thread_local!`
+//! elsewhere; see `tls`): it never registers a TLS destructor (which would
+//! call `calloc` through `__cxa_thread_atexit_impl` and recurse), and
+//! starts at the static
 //! [`EMPTY_HEAP`] so a thread's first allocation falls into the slow path,
 //! which attaches a heap. Only then is the thread-exit hook armed: a
 //! `pthread_key_create` destructor that abandons the heap. An allocation
@@ -17,7 +18,6 @@
 //! heap pointer is set: if installing them allocates, that allocation is
 //! served by the new heap instead of recursing into initialisation.
 
-use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -26,14 +26,87 @@ use crate::config;
 use crate::heap::{self, FreeResult, Heap, EMPTY_HEAP};
 use crate::os;
 
-thread_local! {
-    static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.as_ptr()) };
+/// The thread's heap pointer on x86-64 Linux: an initial-exec TLS
+/// variable, defined here in assembly because stable Rust has no TLS-model
+/// switch and `thread_local!` in a shared object uses the general-dynamic
+/// model, a call to `__tls_get_addr` per access (11 instructions each,
+/// measured; see docs/PERF.md). Initial-exec is what glibc's manual asks
+/// of a replacement malloc. In an executable the linker relaxes the access
+/// to one `fs:`-relative load. The initial value is the empty heap's
+/// address (a relocation in the TLS image), so no thread ever sees null.
+/// The symbol is hidden: each linked copy of chunkmalloc has its own.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod tls {
+    use super::{Heap, EMPTY_HEAP};
+
+    core::arch::global_asm!(
+        ".pushsection .tdata.chunkmalloc_tls_heap,\"awT\",@progbits",
+        ".p2align 3",
+        ".globl chunkmalloc_tls_heap",
+        ".hidden chunkmalloc_tls_heap",
+        ".type chunkmalloc_tls_heap,@object",
+        ".size chunkmalloc_tls_heap,8",
+        "chunkmalloc_tls_heap:",
+        ".quad {empty}",
+        ".popsection",
+        empty = sym EMPTY_HEAP,
+    );
+
+    #[inline(always)]
+    pub fn get() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: reads this thread's 8-byte TLS slot defined above through
+        // the initial-exec sequence; no memory is written.
+        unsafe {
+            core::arch::asm!(
+                "mov {h}, qword ptr [rip + chunkmalloc_tls_heap@GOTTPOFF]",
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        h
+    }
+
+    #[inline(always)]
+    pub fn set(h: *mut Heap) {
+        // SAFETY: writes this thread's TLS slot defined above.
+        unsafe {
+            core::arch::asm!(
+                "mov {off}, qword ptr [rip + chunkmalloc_tls_heap@GOTTPOFF]",
+                "mov qword ptr fs:[{off}], {h}",
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// Elsewhere: a const-initialised `thread_local!` without a destructor.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod tls {
+    use super::{Heap, EMPTY_HEAP};
+
+    thread_local! {
+        static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.as_ptr()) };
+    }
+
+    #[inline(always)]
+    pub fn get() -> *mut Heap {
+        HEAP.with(|h| h.get())
+    }
+
+    #[inline(always)]
+    pub fn set(h: *mut Heap) {
+        tls::set(h);
+    }
 }
 
 /// The calling thread's heap (the empty heap until its first allocation).
 #[inline(always)]
 pub fn current() -> *mut Heap {
-    HEAP.with(|h| h.get())
+    tls::get()
 }
 
 /// 0 = hooks not installed, 1 = installing, 2 = installed.
@@ -54,7 +127,7 @@ fn attach() -> *mut Heap {
     if h.is_null() {
         return h;
     }
-    HEAP.with(|c| c.set(h));
+    tls::set(h);
     install_hooks();
     // SAFETY: KEY was created by `install_hooks` (HOOKS == 2). A
     // `pthread_setspecific` that allocates is served by `h`, already set.
@@ -100,7 +173,7 @@ extern "C" fn thread_exit(value: *mut libc::c_void) {
     if h.is_null() || h != current() {
         return;
     }
-    HEAP.with(|c| c.set(EMPTY_HEAP.as_ptr()));
+    tls::set(EMPTY_HEAP.as_ptr());
     // SAFETY: `h` was this thread's heap and the thread uses it no more (any
     // later allocation attaches a heap afresh).
     unsafe { heap::abandon(h) };
