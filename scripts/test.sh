@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# The project's test command (README "Quick start"): every Rust test.
+# The project's test command (README "Quick start"):
+#   1. every Rust test (unit, integration with chunkmalloc as the global
+#      allocator, doc tests);
+#   2. the preload library under LD_PRELOAD: the C conformance, stress,
+#      fork and budget programs, and real programs (python3, git, gcc,
+#      perl, sqlite3, ruby) compared with and without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --all-targets "$@"
-cargo test --doc "$@"
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc "$@"
+cargo build --release -p chunkmalloc-preload
+bash scripts/preload-tests.sh "$PWD/target/release/libchunkmalloc.so"

@@ -63,6 +63,13 @@ pub fn set_budget(limit: Option<usize>) {
     budget::GLOBAL.set_limit(limit);
 }
 
+/// Sets (or clears) the function called when an allocation is about to
+/// fail: it gets the requested size and may free memory; returning `true`
+/// retries the allocation once. See [`thread::set_oom_handler`].
+pub fn set_oom_handler(handler: Option<fn(usize) -> bool>) {
+    thread::set_oom_handler(handler);
+}
+
 /// The process-wide byte budget, if one is set.
 pub fn budget() -> Option<usize> {
     budget::GLOBAL.limit()

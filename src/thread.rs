@@ -19,7 +19,7 @@
 //! served by the new heap instead of recursing into initialisation.
 
 use core::ptr;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::config;
@@ -271,7 +271,44 @@ fn alloc_retry(size: usize, align: usize, zero: bool) -> *mut u8 {
             return p;
         }
     }
+    if call_oom_handler(size) {
+        // SAFETY: `h` is this thread's heap.
+        let p = unsafe { heap::malloc_aligned(h, size, align, zero) };
+        if !p.is_null() {
+            return p;
+        }
+    }
     fail(size)
+}
+
+/// The exhaustion callback (a `fn(usize) -> bool` stored as an address; 0
+/// for none).
+static OOM_HANDLER: AtomicUsize = AtomicUsize::new(0);
+/// Set while a handler runs, so an allocation that fails inside the
+/// handler (on any thread) fails at once instead of recursing.
+static OOM_HANDLER_BUSY: AtomicBool = AtomicBool::new(false);
+
+/// Sets the function called when an allocation is about to fail (budget
+/// or OS exhausted, after chunkmalloc has purged its own caches). It gets
+/// the requested size; if it frees memory and returns `true`, the
+/// allocation is retried once. It may allocate, but an allocation that
+/// fails while a handler runs fails without calling it again; it must not
+/// unwind.
+pub fn set_oom_handler(handler: Option<fn(usize) -> bool>) {
+    OOM_HANDLER.store(handler.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+fn call_oom_handler(size: usize) -> bool {
+    let f = OOM_HANDLER.load(Ordering::Acquire);
+    if f == 0 || OOM_HANDLER_BUSY.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    // SAFETY: the value was stored from a `fn(usize) -> bool` by
+    // `set_oom_handler`; function pointers round-trip through usize.
+    let handler: fn(usize) -> bool = unsafe { core::mem::transmute(f) };
+    let retry = handler(size);
+    OOM_HANDLER_BUSY.store(false, Ordering::Release);
+    retry
 }
 
 #[cold]
