@@ -634,12 +634,14 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
             return p;
         }
     }
-    alloc_huge(size, align)
+    alloc_huge(size, align, zero)
 }
 
 /// Maps a huge object: header at a 64 KiB-aligned base, object at
-/// `base + off`. Fresh mappings are zero, so no zeroing is ever needed.
-fn alloc_huge(size: usize, align: usize) -> *mut u8 {
+/// `base + off`. A recently freed huge mapping is reused (resized with
+/// `mremap`, so its resident pages need no new faults) unless the caller
+/// wants zeroed memory, which fresh mappings give for free.
+fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     let off = if align <= CHUNK_SIZE {
         align.max(HEADER_SIZE)
     } else {
@@ -648,6 +650,17 @@ fn alloc_huge(size: usize, align: usize) -> *mut u8 {
     let Some(len) = os::align_up_checked(off + size, CHUNK_SIZE) else {
         return ptr::null_mut();
     };
+    if align <= CHUNK_SIZE && !zero {
+        let c = GLOBAL_CACHE.take_huge();
+        if !c.is_null() {
+            // SAFETY: a cached huge mapping, exclusively ours now.
+            let base = unsafe { reuse_huge(c, len) };
+            if !base.is_null() {
+                // SAFETY: `base` holds the header; the mapping is `len` long.
+                unsafe { return finish_huge(base.cast(), off, size) };
+            }
+        }
+    }
     if !budget::GLOBAL.try_reserve(len) {
         return ptr::null_mut();
     }
@@ -662,22 +675,91 @@ fn alloc_huge(size: usize, align: usize) -> *mut u8 {
     }
     // SAFETY: a fresh, exclusively owned mapping of `len` bytes.
     let c = unsafe { Chunk::init_cached(base, len, true) };
-    // SAFETY: as above.
-    unsafe {
-        (*c).kind = Kind::Huge;
-        Chunk::set_tag(c, 0, FLAG_NOT_SLAB);
-        (*c).obj_offset = off;
-        (*c).obj_size = size;
-    }
     if !chunk_map::register(base as usize, len, c as usize) {
         os::unmap(base, len);
         budget::GLOBAL.release(len);
         return ptr::null_mut();
     }
-    GLOBALS.huge_bytes.fetch_add(size, Ordering::Relaxed);
-    GLOBALS.huge_count.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: inside the mapping.
-    unsafe { base.add(off) }
+    // SAFETY: the header was just written; the mapping is `len` long.
+    unsafe { finish_huge(c, off, size) }
+}
+
+/// Resizes a cached huge mapping to `len` bytes (64 KiB-aligned base kept
+/// or moved to a fresh aligned target, pages moved, not copied) and
+/// re-registers it. Returns the base, or null (the mapping is then
+/// unmapped and its bytes released).
+///
+/// # Safety
+/// `c` is a cached huge mapping owned by the caller, registered in the
+/// chunk map and fully counted in the budget.
+unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
+        let base = c.cast::<u8>();
+        let old = (*c).size;
+        let mut new_base = base;
+        if len > old && !budget::GLOBAL.try_reserve(len - old) {
+            drop_huge(c);
+            return ptr::null_mut();
+        }
+        if len != old && !os::remap_in_place(base, old, len) {
+            let t = os::map_aligned(len, CHUNK_SIZE, 0);
+            if t.is_null() || !os::remap_to(base, old, len, t) {
+                if !t.is_null() {
+                    os::unmap(t, len);
+                }
+                if len > old {
+                    budget::GLOBAL.release(len - old);
+                }
+                drop_huge(c);
+                return ptr::null_mut();
+            }
+            new_base = t;
+        }
+        if len < old {
+            budget::GLOBAL.release(old - len);
+        }
+        chunk_map::unregister(base as usize, old);
+        (*new_base.cast::<Chunk>()).size = len;
+        if !chunk_map::register(new_base as usize, len, new_base as usize) {
+            os::unmap(new_base, len);
+            budget::GLOBAL.release(len);
+            return ptr::null_mut();
+        }
+        new_base
+    }
+}
+
+/// Unmaps a huge mapping that is not kept.
+///
+/// # Safety
+/// `c` is a huge mapping with no live object, referenced by nothing else,
+/// registered in the chunk map and fully counted in the budget.
+unsafe fn drop_huge(c: *mut Chunk) {
+    // SAFETY: per the contract.
+    unsafe {
+        let len = (*c).size;
+        chunk_map::unregister(c as usize, len);
+        os::unmap(c.cast(), len);
+        budget::GLOBAL.release(len);
+    }
+}
+
+/// Writes the huge header fields and counts the object.
+///
+/// # Safety
+/// `c` is the header of a registered huge mapping owned by the caller.
+unsafe fn finish_huge(c: *mut Chunk, off: usize, size: usize) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
+        (*c).kind = Kind::Huge;
+        Chunk::set_tag(c, 0, FLAG_NOT_SLAB);
+        (*c).obj_offset = off;
+        (*c).obj_size = size;
+        GLOBALS.huge_bytes.fetch_add(size, Ordering::Relaxed);
+        GLOBALS.huge_count.fetch_add(1, Ordering::Relaxed);
+        c.cast::<u8>().add(off)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -889,14 +971,15 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 if p != c.cast::<u8>().add((*c).obj_offset) {
                     return FreeResult::Invalid;
                 }
-                let len = (*c).size;
                 GLOBALS
                     .huge_bytes
                     .fetch_sub((*c).obj_size, Ordering::Relaxed);
                 GLOBALS.huge_count.fetch_sub(1, Ordering::Relaxed);
-                chunk_map::unregister(c as usize, len);
-                os::unmap(c.cast(), len);
-                budget::GLOBAL.release(len);
+                let now = os::now_ms();
+                if !GLOBAL_CACHE.put_huge(c, now) {
+                    drop_huge(c);
+                }
+                crate::provider::purge_global(now, false);
                 FreeResult::Done
             }
             Kind::Cached => FreeResult::Invalid,

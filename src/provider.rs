@@ -36,10 +36,20 @@ pub const LOCAL_RESERVE_BYTES: usize = 2 << 20;
 /// new mapping); beyond this they are unmapped.
 pub const GLOBAL_MAX_DECOMMITTED: usize = 512;
 
-/// The process-wide cache of free chunks, per chunk class.
+/// Huge mappings the global cache keeps for reuse (their pages stay
+/// resident until the purge delay passes, so a program that frees and
+/// re-allocates multi-MiB blocks does not fault every page in again).
+pub const HUGE_SLOTS: usize = 4;
+/// At most this many bytes of huge mappings are kept.
+pub const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
+
+/// The process-wide cache of free chunks, per chunk class, plus a few
+/// recently freed huge mappings.
 pub struct GlobalCache {
     lock: SpinLock,
     lists: UnsafeCell<[*mut Chunk; NUM_CHUNK_CLASSES]>,
+    huge: UnsafeCell<[*mut Chunk; HUGE_SLOTS]>,
+    huge_bytes: AtomicUsize,
     /// Chunks in the cache with committed data pages, and their bytes.
     committed_count: AtomicUsize,
     committed_bytes: AtomicUsize,
@@ -77,6 +87,8 @@ impl GlobalCache {
         GlobalCache {
             lock: SpinLock::new(),
             lists: UnsafeCell::new([ptr::null_mut(); NUM_CHUNK_CLASSES]),
+            huge: UnsafeCell::new([ptr::null_mut(); HUGE_SLOTS]),
+            huge_bytes: AtomicUsize::new(0),
             committed_count: AtomicUsize::new(0),
             committed_bytes: AtomicUsize::new(0),
             decommitted_count: AtomicUsize::new(0),
@@ -88,9 +100,12 @@ impl GlobalCache {
 
     /// Occupancy now.
     pub fn stats(&self) -> CacheStats {
+        // SAFETY: a racy read of slot pointers, only to count them.
+        let huge_n = unsafe { (*self.huge.get()).iter().filter(|c| !c.is_null()).count() };
         CacheStats {
-            committed_count: self.committed_count.load(Ordering::Relaxed),
-            committed_bytes: self.committed_bytes.load(Ordering::Relaxed),
+            committed_count: self.committed_count.load(Ordering::Relaxed) + huge_n,
+            committed_bytes: self.committed_bytes.load(Ordering::Relaxed)
+                + self.huge_bytes.load(Ordering::Relaxed),
             decommitted_count: self.decommitted_count.load(Ordering::Relaxed),
             decommitted_bytes: self.decommitted_bytes.load(Ordering::Relaxed),
         }
@@ -146,6 +161,73 @@ impl GlobalCache {
         self.lock.unlock();
         let due = now.saturating_add(config::purge_delay_ms());
         self.next_purge_ms.fetch_min(due, Ordering::Relaxed);
+    }
+
+    /// Keeps a freed huge mapping (kind `Cached`, still registered in the
+    /// chunk map, still counted in the budget) for reuse. False if the
+    /// cache is full; the caller then unmaps it.
+    ///
+    /// # Safety
+    /// `c` is a huge mapping with no live object, referenced by nothing else.
+    pub unsafe fn put_huge(&self, c: *mut Chunk, now: u64) -> bool {
+        // SAFETY: per the contract.
+        let size = unsafe { (*c).size };
+        if self.huge_bytes.load(Ordering::Relaxed) + size > HUGE_CACHE_MAX_BYTES {
+            return false;
+        }
+        self.lock.lock();
+        // SAFETY: lock held.
+        let slots = unsafe { &mut *self.huge.get() };
+        let put = match slots.iter_mut().find(|s| s.is_null()) {
+            Some(slot) => {
+                // SAFETY: exclusively ours until published in the slot.
+                unsafe {
+                    (*c).kind = crate::chunk::Kind::Cached;
+                    Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
+                    (*c).cached_at = now;
+                }
+                *slot = c;
+                self.huge_bytes.fetch_add(size, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        };
+        self.lock.unlock();
+        if put {
+            let due = now.saturating_add(config::purge_delay_ms());
+            self.next_purge_ms.fetch_min(due, Ordering::Relaxed);
+        }
+        put
+    }
+
+    /// Takes the most recently cached huge mapping, or null.
+    pub fn take_huge(&self) -> *mut Chunk {
+        if self.huge_bytes.load(Ordering::Relaxed) == 0 {
+            return ptr::null_mut();
+        }
+        self.lock.lock();
+        // SAFETY: lock held.
+        let slots = unsafe { &mut *self.huge.get() };
+        let mut best: Option<usize> = None;
+        for (i, s) in slots.iter().enumerate() {
+            // SAFETY: cached chunks in the slots are stable under the lock.
+            if !s.is_null()
+                && best.is_none_or(|b| unsafe { (*slots[b]).cached_at <= (**s).cached_at })
+            {
+                best = Some(i);
+            }
+        }
+        let c = match best {
+            Some(i) => core::mem::replace(&mut slots[i], ptr::null_mut()),
+            None => ptr::null_mut(),
+        };
+        if !c.is_null() {
+            // SAFETY: just unlinked; ours.
+            self.huge_bytes
+                .fetch_sub(unsafe { (*c).size }, Ordering::Relaxed);
+        }
+        self.lock.unlock();
+        c
     }
 
     /// Takes a chunk of class `cls`, preferring committed ones (they sit at
@@ -218,6 +300,23 @@ impl GlobalCache {
                 }
             }
         }
+        // SAFETY: lock held; cached huge mappings have no users.
+        unsafe {
+            for slot in (*self.huge.get()).iter_mut() {
+                let c = *slot;
+                if c.is_null() {
+                    continue;
+                }
+                if force || (*c).cached_at.saturating_add(delay) <= now {
+                    *slot = ptr::null_mut();
+                    self.huge_bytes.fetch_sub((*c).size, Ordering::Relaxed);
+                    (*c).link.store(to_unmap, Ordering::Relaxed);
+                    to_unmap = c;
+                } else {
+                    next_due = next_due.min((*c).cached_at.saturating_add(delay));
+                }
+            }
+        }
         self.next_purge_ms.store(next_due, Ordering::Relaxed);
         self.lock.unlock();
         while !to_unmap.is_null() {
@@ -274,6 +373,12 @@ unsafe fn unmap_chunk<A: Allocator>(c: *mut Chunk, budget: &Budget, pages: &A) {
         pages.deallocate(NonNull::new_unchecked(c.cast()), layout);
         budget.release(committed);
     }
+}
+
+/// Runs the global cache's purge if it is due (or now, with `force`),
+/// using the OS page source. For callers without a provider at hand.
+pub fn purge_global(now: u64, force: bool) -> usize {
+    GLOBAL_CACHE.purge(now, force, &crate::budget::GLOBAL, &os::OsPages)
 }
 
 /// Per-heap chunk source and cache. Owner-only except [`Provider::push_shared`].
