@@ -15,7 +15,7 @@
 //! and retries.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::chunk::{
@@ -23,6 +23,7 @@ use crate::chunk::{
     HEADER_SIZE,
 };
 use crate::chunk_map;
+use crate::config;
 use crate::os::{self, OsPages};
 use crate::provider::{Provider, GLOBAL_CACHE};
 use crate::size_class::{
@@ -397,7 +398,31 @@ unsafe fn retire(heap: *mut Heap, c: *mut Chunk) {
     unsafe {
         bump(&(*heap).slab_chunks, usize::MAX);
         (*heap).provider.release(c);
-        (*heap).provider.maintain(os::now_ms());
+        let now = os::now_ms();
+        (*heap).provider.maintain(now);
+        sweep_abandoned(now);
+    }
+}
+
+/// When the next sweep of abandoned heaps is due (ms).
+static NEXT_SWEEP_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Every ten purge delays (at least 50 ms), on some thread's chunk-level
+/// slow path, collects the abandoned heaps: blocks freed into them after
+/// their threads exited are taken back and emptied chunks reach the global
+/// cache (and then the OS), so memory does not wait for a new thread to
+/// adopt the heap.
+fn sweep_abandoned(now: u64) {
+    let next = NEXT_SWEEP_MS.load(Ordering::Relaxed);
+    if now < next || REGISTRY.abandoned_count.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let interval = (config::purge_delay_ms() * 10).max(50);
+    if NEXT_SWEEP_MS
+        .compare_exchange(next, now + interval, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        collect_abandoned();
     }
 }
 
