@@ -12,11 +12,26 @@
 #      stress         8 threads, cross-thread frees, pattern checks
 #      fork_threads   fork() while threads allocate; children exec or exit
 #      budget_enomem  1 MiB blocks until NULL, run with CHUNKMALLOC_BUDGET=64MiB
+#      lifecycle      allocation before main (.preinit_array, constructor),
+#                     in and around a dlopen()ed library (tests/c/dl_plugin.c,
+#                     built with -shared -fPIC), in dlsym/dlerror, in thread
+#                     key and TLS destructors, after a thread's heap was
+#                     abandoned, in atexit handlers and destructors
+#      tls_dtor       C++ thread_local destructors that allocate (built with
+#                     $CXX, default g++; SKIP when there is no C++ compiler)
 # 2. Runs real programs with and without the preload and compares their
 #    standard output (and exit status) byte for byte: python3
 #    (PYTHONMALLOC=malloc), git, gcc (and the program it builds), perl,
 #    sqlite3, ruby.  A missing sqlite3 or ruby is installed with apt-get when
 #    running as root; a program that cannot be had is reported as SKIP.
+#    python3 is run as the interpreter itself (sys.executable), not through
+#    a wrapper such as a pyenv shim.
+# 3. Only when the library is chunkmalloc (CONFORMANCE_EXPECT_CHUNKMALLOC=1):
+#      py-memerror    CHUNKMALLOC_BUDGET=64MiB PYTHONMALLOC=malloc python3
+#                     tests/programs/py_memerror.py must hit MemoryError,
+#                     recover, print its result line and exit 0
+#      show-stats     CHUNKMALLOC_SHOW_STATS=1 python3 -c pass prints the
+#                     "chunkmalloc statistics" table on stderr
 #
 # Prints "ok <name>", "FAIL <name>" or "SKIP <name>" per test, and finally
 #   preload: N passed, M failed
@@ -24,10 +39,20 @@
 # target/c-tests/logs/.
 #
 # Environment:
-#   PRELOAD_SHOW_STATS_CHECK=1   also run python3 with CHUNKMALLOC_SHOW_STATS=1
-#                                and require "chunkmalloc" on its stderr
+#   PRELOAD_SHOW_STATS_CHECK=0|1 the show-stats check (default: on for
+#                                chunkmalloc, off otherwise)
 #   CONFORMANCE_EXPECT_CHUNKMALLOC=0|1   override the automatic strict mode
-#   CC                           C compiler for the test programs (default cc)
+#                                (also decides whether the chunkmalloc-only
+#                                checks of step 3 run)
+#   LIFECYCLE_LAST_ROUND_LEAK=1  enable lifecycle's check that a key
+#                                destructor allocating in the last
+#                                destructor round does not leak per thread
+#                                (off by default: chunkmalloc fails it)
+#   PRELOAD_PREINIT_ENV_CHECK=1  enable lifecycle-preinit-env: CHUNKMALLOC_*
+#                                settings must hold when the first malloc of
+#                                the process is made in .preinit_array (off
+#                                by default: chunkmalloc fails it)
+#   CC, CXX                      compilers for the test programs (cc, g++)
 # The wl_* workload functions are called indirectly through compare_runs.
 # shellcheck disable=SC2317
 set -euo pipefail
@@ -41,6 +66,7 @@ if [[ ! -f "$LIB_ARG" ]]; then
 fi
 LIB="$(cd "$(dirname "$LIB_ARG")" && pwd)/$(basename "$LIB_ARG")"
 CC="${CC:-cc}"
+CXX="${CXX:-g++}"
 BUILD="$ROOT/target/c-tests"
 LOGS="$BUILD/logs"
 mkdir -p "$BUILD" "$LOGS"
@@ -86,7 +112,7 @@ echo "preload-tests: library $LIB"
 
 # ----------------------------------------------------------------------------
 # Build the C programs.
-PROGRAMS=(conformance stress fork_threads budget_enomem)
+PROGRAMS=(conformance stress fork_threads budget_enomem lifecycle)
 declare -A BUILT=()
 for prog in "${PROGRAMS[@]}"; do
     if "$CC" -O2 -pthread -Wall -Wextra -o "$BUILD/$prog" "$ROOT/tests/c/$prog.c" -ldl \
@@ -97,6 +123,26 @@ for prog in "${PROGRAMS[@]}"; do
         show "$LOGS/build-$prog.log"
     fi
 done
+# lifecycle's dlopen() plugin; lifecycle is useless without it
+PLUGIN="$BUILD/dl_plugin.so"
+if [[ -n "${BUILT[lifecycle]:-}" ]]; then
+    if ! "$CC" -O2 -Wall -Wextra -shared -fPIC -o "$PLUGIN" "$ROOT/tests/c/dl_plugin.c" \
+        >"$LOGS/build-dl_plugin.log" 2>&1; then
+        fail build-dl_plugin "compiler errors"
+        show "$LOGS/build-dl_plugin.log"
+        unset 'BUILT[lifecycle]'
+    fi
+fi
+# the C++ program, when there is a C++ compiler
+if command -v "$CXX" >/dev/null 2>&1; then
+    if "$CXX" -O2 -pthread -Wall -Wextra -o "$BUILD/tls_dtor" "$ROOT/tests/c/tls_dtor.cpp" \
+        >"$LOGS/build-tls_dtor.log" 2>&1; then
+        BUILT[tls_dtor]=1
+    else
+        fail build-tls_dtor "compiler errors"
+        show "$LOGS/build-tls_dtor.log"
+    fi
+fi
 
 # ----------------------------------------------------------------------------
 # Is the library really the one providing malloc?  (ld.so only warns and goes
@@ -117,16 +163,26 @@ fi
 # ----------------------------------------------------------------------------
 # C test programs under the preload.  Each must exit 0 and end with
 # "<label>: N passed, 0 failed".
+# run_c NAME LABEL [VAR=VALUE...] [-- PROGRAM-ARGUMENTS...]
 run_c() {
     local name=$1 label=$2
     shift 2
+    local -a envs=() args=()
+    while [[ $# -gt 0 && "$1" != -- ]]; do
+        envs+=("$1")
+        shift
+    done
+    if [[ $# -gt 0 ]]; then
+        shift
+        args=("$@")
+    fi
     if [[ -z "${BUILT[$name]:-}" ]]; then
         skip "$name" "not built"
         return
     fi
     local log="$LOGS/$name.log" rc=0
     set +e
-    timeout 300 env LD_PRELOAD="$LIB" "$@" "$BUILD/$name" >"$log" 2>&1
+    timeout 300 env LD_PRELOAD="$LIB" "${envs[@]}" "$BUILD/$name" "${args[@]}" >"$log" 2>&1
     rc=$?
     set -e
     if [[ $rc -eq 0 ]] && tail -n 1 "$log" | grep -Eq "^$label: [0-9]+ passed, 0 failed\$"; then
@@ -142,6 +198,37 @@ run_c conformance conformance
 run_c stress stress
 run_c fork_threads fork
 run_c budget_enomem budget CHUNKMALLOC_BUDGET=64MiB
+run_c lifecycle lifecycle LIFECYCLE_LAST_ROUND_LEAK="${LIFECYCLE_LAST_ROUND_LEAK:-0}" -- "$PLUGIN"
+if [[ "${LIFECYCLE_LAST_ROUND_LEAK:-0}" != 1 ]]; then
+    skip lifecycle-last-round "known chunkmalloc leak; set LIFECYCLE_LAST_ROUND_LEAK=1 to run it"
+fi
+if [[ -n "${BUILT[tls_dtor]:-}" ]]; then
+    run_c tls_dtor tls_dtor
+else
+    skip tls_dtor "no C++ compiler ($CXX)"
+fi
+
+# lifecycle allocates in .preinit_array, before libc has set up environ:
+# chunkmalloc's settings must still be read from the environment.  Off by
+# default (chunkmalloc reads an empty environment then and keeps defaults).
+if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 && -n "${BUILT[lifecycle]:-}" ]]; then
+    if [[ "${PRELOAD_PREINIT_ENV_CHECK:-0}" == 1 ]]; then
+        set +e
+        timeout 300 env LD_PRELOAD="$LIB" CHUNKMALLOC_SHOW_STATS=1 CHUNKMALLOC_BUDGET=1GiB \
+            LIFECYCLE_LAST_ROUND_LEAK=0 "$BUILD/lifecycle" "$PLUGIN" >"$LOGS/lifecycle-preinit-env.out" 2>"$LOGS/lifecycle-preinit-env.err"
+        rc=$?
+        set -e
+        if [[ $rc -eq 0 ]] && grep -q 'chunkmalloc statistics' "$LOGS/lifecycle-preinit-env.err" &&
+            grep -Eq '^ *budget +1073741824$' "$LOGS/lifecycle-preinit-env.err"; then
+            ok lifecycle-preinit-env
+        else
+            fail lifecycle-preinit-env "status $rc; CHUNKMALLOC_SHOW_STATS/CHUNKMALLOC_BUDGET ignored when the first malloc is in .preinit_array"
+            show "$LOGS/lifecycle-preinit-env.err" 10
+        fi
+    else
+        skip lifecycle-preinit-env "known chunkmalloc bug; set PRELOAD_PREINIT_ENV_CHECK=1 to run it"
+    fi
+fi
 
 # ----------------------------------------------------------------------------
 # Real programs: same output with and without the preload.
@@ -213,10 +300,18 @@ have() {
 }
 
 # --- python3 -----------------------------------------------------------------
+# The interpreter itself: python3 may be a wrapper (a pyenv shim is a shell
+# script that runs several programs before the interpreter).
+PYTHON=
+if have python3 python3; then
+    PYTHON="$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)"
+    if [[ -z "$PYTHON" || ! -x "$PYTHON" ]]; then PYTHON="$(command -v python3)"; fi
+    echo "preload-tests: python3 is $PYTHON"
+fi
 wl_python() {
-    p env PYTHONMALLOC=malloc PYTHONHASHSEED=0 python3 "$ROOT/tests/programs/py_workload.py"
+    p env PYTHONMALLOC=malloc PYTHONHASHSEED=0 "$PYTHON" "$ROOT/tests/programs/py_workload.py"
 }
-if have python3 python3; then compare_runs python3 wl_python; else skip python3 "not available"; fi
+if [[ -n "$PYTHON" ]]; then compare_runs python3 wl_python; else skip python3 "not available"; fi
 
 # --- git ---------------------------------------------------------------------
 # A generated tree of 320 files in 16 directories.
@@ -419,19 +514,41 @@ fi
 wl_ruby() { p ruby "$ROOT/tests/programs/workload.rb"; }
 if have ruby ruby; then compare_runs ruby wl_ruby; else skip ruby "not available and could not be installed"; fi
 
-# --- library in use (optional) -----------------------------------------------
-if [[ "${PRELOAD_SHOW_STATS_CHECK:-0}" == 1 ]]; then
-    if have python3; then
+# --- chunkmalloc only -----------------------------------------------------------
+if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 ]]; then
+    # python3 at a budget: MemoryError, caught, then recovery; exit 0
+    if [[ -n "$PYTHON" ]]; then
         set +e
-        CHUNKMALLOC_SHOW_STATS=1 LD_PRELOAD="$LIB" PYTHONMALLOC=malloc \
-            python3 -c 'x = [str(i) * 3 for i in range(100000)]; print(len(x))' \
+        timeout 120 env LD_PRELOAD="$LIB" CHUNKMALLOC_BUDGET=64MiB PYTHONMALLOC=malloc \
+            "$PYTHON" "$ROOT/tests/programs/py_memerror.py" \
+            >"$LOGS/py-memerror.out" 2>"$LOGS/py-memerror.err"
+        rc=$?
+        set -e
+        line="$(grep -E '^py_memerror: MemoryError after [0-9]+ MiB; recovered$' "$LOGS/py-memerror.out" || true)"
+        if [[ $rc -eq 0 && -n "$line" ]]; then
+            ok py-memerror
+        else
+            fail py-memerror "exit status $rc$([[ $rc -gt 128 ]] && echo " (signal $((rc - 128)))")$([[ -z "$line" ]] && echo ', no result line')"
+            show "$LOGS/py-memerror.out" 5
+            show "$LOGS/py-memerror.err" 15
+        fi
+    else
+        skip py-memerror "python3 not available"
+    fi
+fi
+
+# CHUNKMALLOC_SHOW_STATS=1 prints the statistics table at exit
+if [[ "${PRELOAD_SHOW_STATS_CHECK:-$CONFORMANCE_EXPECT_CHUNKMALLOC}" == 1 ]]; then
+    if [[ -n "$PYTHON" ]]; then
+        set +e
+        CHUNKMALLOC_SHOW_STATS=1 LD_PRELOAD="$LIB" PYTHONMALLOC=malloc "$PYTHON" -c pass \
             >"$LOGS/show-stats.out" 2>"$LOGS/show-stats.err"
         rc=$?
         set -e
-        if [[ $rc -eq 0 ]] && grep -q chunkmalloc "$LOGS/show-stats.err"; then
+        if [[ $rc -eq 0 ]] && grep -q 'chunkmalloc statistics' "$LOGS/show-stats.err"; then
             ok show-stats
         else
-            fail show-stats "status $rc, no 'chunkmalloc' on stderr with CHUNKMALLOC_SHOW_STATS=1"
+            fail show-stats "status $rc, no 'chunkmalloc statistics' on stderr with CHUNKMALLOC_SHOW_STATS=1"
             show "$LOGS/show-stats.err" 10
         fi
     else
