@@ -727,6 +727,9 @@ unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
             drop_huge(c);
             return ptr::null_mut();
         }
+        // Unregister before any remap gives address space back: once it is
+        // unmapped another thread may map and register it.
+        chunk_map::unregister(base as usize, old);
         if len != old && !os::remap_in_place(base, old, len) {
             let t = os::map_aligned(len, CHUNK_SIZE, 0);
             if t.is_null() || !os::remap_to(base, old, len, t) {
@@ -736,7 +739,8 @@ unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
                 if len > old {
                     budget::GLOBAL.release(len - old);
                 }
-                drop_huge(c);
+                os::unmap(base, old);
+                budget::GLOBAL.release(old);
                 return ptr::null_mut();
             }
             new_base = t;
@@ -744,7 +748,6 @@ unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
         if len < old {
             budget::GLOBAL.release(old - len);
         }
-        chunk_map::unregister(base as usize, old);
         (*new_base.cast::<Chunk>()).size = len;
         if !chunk_map::register(new_base as usize, len, new_base as usize) {
             os::unmap(new_base, len);
@@ -1176,6 +1179,9 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         let base = c.cast::<u8>();
+        // Unregister before any remap gives address space back (another
+        // thread may map and register it at once); re-register on failure.
+        chunk_map::unregister(base as usize, old_len);
         let new_base = if os::remap_in_place(base, old_len, new_len) {
             base
         } else {
@@ -1194,11 +1200,12 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
                 if new_len > old_len {
                     budget::GLOBAL.release(new_len - old_len);
                 }
+                // The old mapping is intact and still ours; its leaves exist.
+                chunk_map::register(base as usize, old_len, c as usize);
                 return ptr::null_mut();
             }
             t
         };
-        chunk_map::unregister(base as usize, old_len);
         let nc = new_base.cast::<Chunk>();
         (*nc).size = new_len;
         (*nc).obj_size = new_size;
