@@ -1,0 +1,241 @@
+//! Memory goes back to the OS (its own test binary; each scenario runs in a
+//! child process so RSS and committed bytes see only that scenario).
+//!
+//! * `purge()` after freeing ~256 MiB of small and large objects: RSS
+//!   falls by at least 75% of what was added and `committed` returns to
+//!   within a few MiB of its start.
+//! * Without `purge()`: with a zero or short purge delay, freed chunks are
+//!   decommitted by the allocator's own slow-path housekeeping.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{in_child, rss, Rng, KIB, MIB};
+
+#[global_allocator]
+static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
+
+type Blocks = Vec<Box<[u8]>>;
+
+struct Snapshot {
+    rss: usize,
+    committed: usize,
+    cached: usize,
+}
+
+fn snap() -> Snapshot {
+    let s = chunkmalloc::stats();
+    Snapshot {
+        rss: rss(),
+        committed: s.committed,
+        cached: s.cached,
+    }
+}
+
+/// Allocates and touches ~128 MiB of small objects (64 B - 4 KiB), 112
+/// large objects of 1 MiB and two huge ones of 8 MiB + 1 (own mappings),
+/// checks a few, and returns them.
+fn allocate_256m() -> (Blocks, Blocks) {
+    let mut rng = Rng::new(42);
+    let mut small: Vec<Box<[u8]>> = Vec::with_capacity(80_000);
+    let mut total = 0;
+    while total < 128 * MIB {
+        let n = rng.range(64, 4 * KIB);
+        small.push(vec![(small.len() % 251) as u8; n].into_boxed_slice());
+        total += n;
+    }
+    let mut large: Vec<Box<[u8]>> = (0..112)
+        .map(|i| vec![i as u8 + 1; MIB].into_boxed_slice())
+        .collect();
+    large.push(vec![113; 8 * MIB + 1].into_boxed_slice());
+    large.push(vec![114; 8 * MIB + 1].into_boxed_slice());
+    for (i, b) in small.iter().enumerate().step_by(97) {
+        assert!(b.iter().all(|&x| x == (i % 251) as u8));
+    }
+    for (i, b) in large.iter().enumerate() {
+        let last = b.len() - 1;
+        assert_eq!((b[0], b[last]), (i as u8 + 1, i as u8 + 1));
+    }
+    (small, large)
+}
+
+fn report(tag: &str, s: &Snapshot) {
+    eprintln!(
+        "{tag}: rss {} MiB, committed {} KiB, cached {} KiB",
+        s.rss / MIB,
+        s.committed / KIB,
+        s.cached / KIB
+    );
+}
+
+#[test]
+fn purge_returns_memory_to_the_os() {
+    in_child("purge_returns_memory_to_the_os", &[], || {
+        let s0 = snap();
+        report("start", &s0);
+        let (small, large) = allocate_256m();
+        let s1 = snap();
+        report("allocated", &s1);
+        assert!(s1.committed >= s0.committed + 256 * MIB);
+        let added = s1.rss.saturating_sub(s0.rss);
+        assert!(
+            added >= 200 * MIB,
+            "touching 256 MiB added only {added} bytes of RSS"
+        );
+        drop(small);
+        drop(large);
+        let released = chunkmalloc::purge();
+        let s2 = snap();
+        report("freed + purge", &s2);
+        assert!(released >= 200 * MIB, "purge() reported {released} bytes");
+        let fallen = s1.rss.saturating_sub(s2.rss);
+        assert!(
+            fallen * 4 >= added * 3,
+            "RSS fell by {} MiB of the {} MiB added",
+            fallen / MIB,
+            added / MIB
+        );
+        // What may stay committed: the header page of each decommitted
+        // chunk the cache keeps mapped for reuse (at most 512 of them,
+        // 2 MiB), plus chunk-map leaves.
+        assert!(
+            s2.committed <= s0.committed + 4 * MIB,
+            "committed {} KiB after purge, {} KiB at start",
+            s2.committed / KIB,
+            s0.committed / KIB
+        );
+        assert!(
+            s2.cached <= MIB,
+            "{} KiB still cached committed",
+            s2.cached / KIB
+        );
+    });
+}
+
+/// Frees ~256 MiB, waits `wait`, then runs a few allocations that take the
+/// slow path (classes not used before, and a 200 KiB object whose acquire
+/// and release both run the provider's housekeeping), and checks that the
+/// freed chunks were decommitted without any `purge()` call. (Only the
+/// chunks those last allocations just freed may still be cached: the
+/// 200 KiB object's 256 KiB chunk.)
+fn delayed_purge_scenario(delay_ms: u64, wait: Duration) {
+    chunkmalloc::config::set_purge_delay_ms(delay_ms);
+    assert_eq!(chunkmalloc::config::purge_delay_ms(), delay_ms);
+    let s0 = snap();
+    report("start", &s0);
+    let (small, large) = allocate_256m();
+    let s1 = snap();
+    report("allocated", &s1);
+    let added = s1.rss.saturating_sub(s0.rss);
+    drop(small);
+    drop(large);
+    let s2 = snap();
+    report("freed", &s2);
+    std::thread::sleep(wait);
+    for round in 0..3 {
+        let objs: Vec<Vec<u8>> = [16usize, 20 * KIB, 40 * KIB, 200 * KIB]
+            .iter()
+            .map(|&n| vec![round as u8; n])
+            .collect();
+        drop(objs);
+    }
+    let s3 = snap();
+    report("after a few more allocations", &s3);
+    assert!(
+        s3.cached <= 2 * MIB,
+        "{} KiB of free chunks still committed in caches (delay {delay_ms} ms)",
+        s3.cached / KIB
+    );
+    // Slab chunks that stay attached as their class's current chunk are
+    // not cached (about 60 classes x 64 KiB here), plus decommitted
+    // chunks' header pages: well under 16 MiB of the 256 MiB.
+    assert!(
+        s3.committed <= s0.committed + 16 * MIB,
+        "committed {} KiB, {} KiB at start (delay {delay_ms} ms)",
+        s3.committed / KIB,
+        s0.committed / KIB
+    );
+    let fallen = s1.rss.saturating_sub(s3.rss);
+    assert!(
+        fallen * 4 >= added * 3,
+        "RSS fell by {} MiB of the {} MiB added (delay {delay_ms} ms)",
+        fallen / MIB,
+        added / MIB
+    );
+}
+
+#[test]
+fn zero_purge_delay_decommits_without_purge() {
+    in_child("zero_purge_delay_decommits_without_purge", &[], || {
+        delayed_purge_scenario(0, Duration::ZERO)
+    });
+}
+
+#[test]
+fn short_purge_delay_decommits_without_purge() {
+    in_child("short_purge_delay_decommits_without_purge", &[], || {
+        delayed_purge_scenario(20, Duration::from_millis(100))
+    });
+}
+
+/// The purge delay can also be set from the environment.
+#[test]
+fn purge_delay_from_environment() {
+    in_child(
+        "purge_delay_from_environment",
+        &[("CHUNKMALLOC_PURGE_DELAY_MS", "1234")],
+        || assert_eq!(chunkmalloc::config::purge_delay_ms(), 1234),
+    );
+}
+
+/// Objects allocated by threads that have exited, freed by the main
+/// thread: their chunks belong to abandoned heaps, which `purge()` collects.
+#[test]
+fn memory_of_exited_threads_is_returned() {
+    in_child("memory_of_exited_threads_is_returned", &[], || {
+        let s0 = snap();
+        report("start", &s0);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut rng = Rng::new(t);
+                    let mut v = Vec::new();
+                    let mut total = 0;
+                    while total < 32 * MIB {
+                        let n = rng.range(64, 4 * KIB);
+                        v.push(vec![t as u8; n].into_boxed_slice());
+                        total += n;
+                    }
+                    v.extend((0..8).map(|_| vec![t as u8; MIB].into_boxed_slice()));
+                    v
+                })
+            })
+            .collect();
+        // All four ran at once, so they had four heaps, now abandoned.
+        let objs: Vec<Box<[u8]>> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let s1 = snap();
+        report("allocated by 4 exited threads", &s1);
+        let added = s1.rss.saturating_sub(s0.rss);
+        drop(objs);
+        chunkmalloc::purge();
+        let s2 = snap();
+        report("freed by main + purge", &s2);
+        let fallen = s1.rss.saturating_sub(s2.rss);
+        assert!(
+            fallen * 4 >= added * 3,
+            "RSS fell by {} MiB of the {} MiB added",
+            fallen / MIB,
+            added / MIB
+        );
+        assert!(
+            s2.committed <= s0.committed + 8 * MIB,
+            "committed {} KiB after purge, {} KiB at start",
+            s2.committed / KIB,
+            s0.committed / KIB
+        );
+    });
+}
