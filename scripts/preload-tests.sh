@@ -44,14 +44,12 @@
 #   CONFORMANCE_EXPECT_CHUNKMALLOC=0|1   override the automatic strict mode
 #                                (also decides whether the chunkmalloc-only
 #                                checks of step 3 run)
-#   LIFECYCLE_LAST_ROUND_LEAK=1  enable lifecycle's check that a key
+#   LIFECYCLE_LAST_ROUND_LEAK=0  skip lifecycle's check that a key
 #                                destructor allocating in the last
 #                                destructor round does not leak per thread
-#                                (off by default: chunkmalloc fails it)
-#   PRELOAD_PREINIT_ENV_CHECK=1  enable lifecycle-preinit-env: CHUNKMALLOC_*
+#   PRELOAD_PREINIT_ENV_CHECK=0  skip lifecycle-preinit-env: CHUNKMALLOC_*
 #                                settings must hold when the first malloc of
-#                                the process is made in .preinit_array (off
-#                                by default: chunkmalloc fails it)
+#                                the process is made in .preinit_array
 #   CC, CXX                      compilers for the test programs (cc, g++)
 # The wl_* workload functions are called indirectly through compare_runs.
 # shellcheck disable=SC2317
@@ -198,9 +196,9 @@ run_c conformance conformance
 run_c stress stress
 run_c fork_threads fork
 run_c budget_enomem budget CHUNKMALLOC_BUDGET=64MiB
-run_c lifecycle lifecycle LIFECYCLE_LAST_ROUND_LEAK="${LIFECYCLE_LAST_ROUND_LEAK:-0}" -- "$PLUGIN"
-if [[ "${LIFECYCLE_LAST_ROUND_LEAK:-0}" != 1 ]]; then
-    skip lifecycle-last-round "known chunkmalloc leak; set LIFECYCLE_LAST_ROUND_LEAK=1 to run it"
+run_c lifecycle lifecycle LIFECYCLE_LAST_ROUND_LEAK="${LIFECYCLE_LAST_ROUND_LEAK:-1}" -- "$PLUGIN"
+if [[ "${LIFECYCLE_LAST_ROUND_LEAK:-1}" != 1 ]]; then
+    skip lifecycle-last-round "LIFECYCLE_LAST_ROUND_LEAK=0"
 fi
 if [[ -n "${BUILT[tls_dtor]:-}" ]]; then
     run_c tls_dtor tls_dtor
@@ -209,10 +207,10 @@ else
 fi
 
 # lifecycle allocates in .preinit_array, before libc has set up environ:
-# chunkmalloc's settings must still be read from the environment.  Off by
-# default (chunkmalloc reads an empty environment then and keeps defaults).
+# chunkmalloc's settings must still be read from the environment (the
+# library's constructor reads them if the first allocation found none).
 if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 && -n "${BUILT[lifecycle]:-}" ]]; then
-    if [[ "${PRELOAD_PREINIT_ENV_CHECK:-0}" == 1 ]]; then
+    if [[ "${PRELOAD_PREINIT_ENV_CHECK:-1}" == 1 ]]; then
         set +e
         timeout 300 env LD_PRELOAD="$LIB" CHUNKMALLOC_SHOW_STATS=1 CHUNKMALLOC_BUDGET=1GiB \
             LIFECYCLE_LAST_ROUND_LEAK=0 "$BUILD/lifecycle" "$PLUGIN" >"$LOGS/lifecycle-preinit-env.out" 2>"$LOGS/lifecycle-preinit-env.err"
@@ -226,7 +224,7 @@ if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 && -n "${BUILT[lifecycle]:-}" ]]; t
             show "$LOGS/lifecycle-preinit-env.err" 10
         fi
     else
-        skip lifecycle-preinit-env "known chunkmalloc bug; set PRELOAD_PREINIT_ENV_CHECK=1 to run it"
+        skip lifecycle-preinit-env "PRELOAD_PREINIT_ENV_CHECK=0"
     fi
 fi
 

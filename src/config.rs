@@ -44,9 +44,17 @@ fn init_slow() {
     }
     // SAFETY: `environ` is the C runtime's NULL-terminated array of
     // NUL-terminated strings; it is valid for the whole process. We only read.
+    let mut p = unsafe { environ };
+    if p.is_null() {
+        // Too early: an allocation from a `.preinit_array` function runs
+        // before libc has set `environ`. Stay unread so a later call (the
+        // preload library's constructor, or the next thread) reads it.
+        STATE.store(0, Ordering::Release);
+        return;
+    }
+    // SAFETY: as above.
     unsafe {
-        let mut p = environ;
-        while !p.is_null() && !(*p).is_null() {
+        while !(*p).is_null() {
             let entry = core::ffi::CStr::from_ptr(*p).to_bytes();
             apply(entry);
             p = p.add(1);

@@ -23,6 +23,17 @@ use crate::heap::MAX_REQUEST;
 use crate::os;
 use crate::thread;
 
+/// Reads the `CHUNKMALLOC_*` settings when the library is loaded, in case
+/// the first allocation came before libc had set `environ` (from a
+/// `.preinit_array` function) and found nothing to read.
+extern "C" fn read_settings_at_load() {
+    crate::config::init();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static READ_SETTINGS_AT_LOAD: extern "C" fn() = read_settings_at_load;
+
 /// glibc's `MALLOC_ALIGNMENT` on 64-bit targets: what `malloc` guarantees.
 const MIN_ALIGN: usize = 16;
 

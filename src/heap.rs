@@ -118,10 +118,19 @@ pub static EMPTY_HEAP: EmptyHeap = EmptyHeap(Heap::new(
     STATE_EMPTY,
 ));
 
-/// Wrapper making the empty heap `Sync`.
+/// The heap pointer of a thread whose exit destructor has run. Like the
+/// empty heap it owns nothing and is never written; allocations from such
+/// a thread (in later TLS or key destructors) borrow a heap for the one
+/// call instead of attaching one that no destructor would abandon.
+pub static DEAD_HEAP: EmptyHeap = EmptyHeap(Heap::new(
+    ptr::addr_of!(EMPTY_CHUNK) as *mut Chunk,
+    STATE_EMPTY,
+));
+
+/// Wrapper making the empty heaps `Sync`.
 pub struct EmptyHeap(Heap);
 
-// SAFETY: EMPTY_HEAP is never written: every path that would write a heap
+// SAFETY: EMPTY_HEAP and DEAD_HEAP are never written: every path that would write a heap
 // checks `is_empty` first (slow paths) or cannot reach it (no chunk is
 // owned by it, so the owner fast path never matches).
 unsafe impl Sync for EmptyHeap {}
@@ -134,9 +143,10 @@ impl EmptyHeap {
     }
 }
 
+/// Whether `heap` is one of the static heaps that own nothing.
 #[inline(always)]
-fn is_empty(heap: *mut Heap) -> bool {
-    ptr::eq(heap, EMPTY_HEAP.as_ptr())
+pub fn is_empty(heap: *mut Heap) -> bool {
+    ptr::eq(heap, EMPTY_HEAP.as_ptr()) || ptr::eq(heap, DEAD_HEAP.as_ptr())
 }
 
 // ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::config;
-use crate::heap::{self, FreeResult, Heap, EMPTY_HEAP};
+use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP};
 use crate::os;
 
 /// The thread's heap pointer on x86-64 Linux: an initial-exec TLS
@@ -168,15 +168,37 @@ fn install_hooks() {
 }
 
 /// Thread-exit destructor: abandons the heap for another thread to adopt.
+/// The thread's pointer becomes [`DEAD_HEAP`]: glibc runs key destructors
+/// for at most `PTHREAD_DESTRUCTOR_ITERATIONS` rounds, so a heap attached
+/// by an allocation in a later destructor might never be abandoned (one
+/// leaked heap per thread); such allocations borrow a heap per call.
 extern "C" fn thread_exit(value: *mut libc::c_void) {
     let h = value.cast::<Heap>();
     if h.is_null() || h != current() {
         return;
     }
-    tls::set(EMPTY_HEAP.as_ptr());
-    // SAFETY: `h` was this thread's heap and the thread uses it no more (any
-    // later allocation attaches a heap afresh).
+    tls::set(DEAD_HEAP.as_ptr());
+    // SAFETY: `h` was this thread's heap and the thread uses it no more.
     unsafe { heap::abandon(h) };
+}
+
+/// An allocation from a thread whose exit destructor has run: borrow a
+/// heap (adopting an abandoned one if possible), allocate, abandon it again.
+#[cold]
+fn alloc_dead_thread(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let h = heap::acquire();
+    if h.is_null() {
+        return fail(size);
+    }
+    // SAFETY: `h` is exclusively ours until abandoned below.
+    unsafe {
+        let p = heap::malloc_aligned(h, size, align, zero);
+        heap::abandon(h);
+        if p.is_null() {
+            return fail(size);
+        }
+        p
+    }
 }
 
 extern "C" fn process_exit() {
@@ -249,6 +271,9 @@ pub fn malloc_aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
 #[inline(never)]
 fn alloc_retry(size: usize, align: usize, zero: bool) -> *mut u8 {
     let mut h = current();
+    if h == DEAD_HEAP.as_ptr() {
+        return alloc_dead_thread(size, align, zero);
+    }
     if h == EMPTY_HEAP.as_ptr() {
         h = attach();
         if h.is_null() {
@@ -387,7 +412,11 @@ pub unsafe fn free_nonnull(p: *mut u8) {
 #[inline(never)]
 unsafe fn free_retry(p: *mut u8, r: FreeResult) {
     let r = if r == FreeResult::NeedsHeap {
-        let h = attach();
+        let h = if current() == DEAD_HEAP.as_ptr() {
+            ptr::null_mut()
+        } else {
+            attach()
+        };
         // SAFETY: `h` is this thread's heap; `p` unchanged since the first try.
         unsafe {
             if h.is_null() {
