@@ -25,7 +25,7 @@ use crate::os;
 /// Bytes reserved for the header at the start of every chunk; slab blocks
 /// start here. A multiple of 128 so blocks of 32/64/128-byte multiples are
 /// naturally aligned.
-pub const HEADER_SIZE: usize = 128;
+pub const HEADER_SIZE: usize = crate::size_class::SLAB_HEADER;
 
 /// A free block: its first word links to the next.
 #[repr(C)]

@@ -7,7 +7,9 @@
 //!
 //! * Object classes: `g` = 16 bytes (every block is 16-byte aligned, as C's
 //!   `max_align_t` requires), 80 classes from 16 B to 64 KiB. Sizes up to
-//!   1 KiB use a lookup table, larger ones a leading-zero count.
+//!   1 KiB use a lookup table, larger ones a leading-zero count. Each class
+//!   has a slab chunk size: the smallest multiple of 64 KiB that holds the
+//!   header and 4 blocks.
 //! * Chunk classes: `g` = 64 KiB (the chunk granule), 40 classes from 64 KiB
 //!   to 8 MiB, used by the provider's caches.
 
@@ -24,10 +26,11 @@ pub const TABLE_MAX: usize = 1024;
 pub const CHUNK_SIZE: usize = 64 * 1024;
 /// log2 of [`CHUNK_SIZE`].
 pub const CHUNK_SHIFT: u32 = 16;
-/// Bytes of a medium slab chunk (blocks above [`SMALL_BLOCK_MAX`]).
-pub const MEDIUM_CHUNK_SIZE: usize = 512 * 1024;
-/// Blocks above this size live in medium (512 KiB) slab chunks.
-pub const SMALL_BLOCK_MAX: usize = 8 * 1024;
+/// Bytes at the start of every slab chunk before its first block (the
+/// chunk header; `chunk::HEADER_SIZE` is defined from this).
+pub const SLAB_HEADER: usize = 128;
+/// Every slab chunk holds at least this many blocks.
+pub const MIN_SLAB_BLOCKS: usize = 4;
 /// Number of chunk classes (64 KiB .. 8 MiB).
 pub const NUM_CHUNK_CLASSES: usize = 40;
 /// Largest footprint an oversized (cacheable) chunk may have; larger
@@ -100,15 +103,27 @@ pub fn class_size(c: usize) -> usize {
     SIZES[c] as usize
 }
 
-/// Bytes of the slab chunk that serves class `c`: 64 KiB for blocks up to
-/// 8 KiB, 512 KiB above (so every chunk holds at least 7 blocks).
+const fn build_slab_chunks() -> [u32; NUM_CLASSES] {
+    let mut t = [0u32; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        let need = SLAB_HEADER + MIN_SLAB_BLOCKS * units_of_class(c) * OBJ_GRANULE;
+        t[c] = (need.div_ceil(CHUNK_SIZE) * CHUNK_SIZE) as u32;
+        c += 1;
+    }
+    t
+}
+
+/// Slab chunk bytes per class.
+static SLAB_CHUNKS: [u32; NUM_CLASSES] = build_slab_chunks();
+
+/// Bytes of the slab chunk that serves class `c`: the smallest multiple of
+/// 64 KiB holding the header and [`MIN_SLAB_BLOCKS`] blocks. That is 64 KiB
+/// for blocks up to 16 KiB − 32 B, and 128 KiB to 320 KiB above, so a
+/// heap that touches every medium class keeps little committed per class.
 #[inline]
 pub fn slab_chunk_size(c: usize) -> usize {
-    if class_size(c) <= SMALL_BLOCK_MAX {
-        CHUNK_SIZE
-    } else {
-        MEDIUM_CHUNK_SIZE
-    }
+    SLAB_CHUNKS[c] as usize
 }
 
 /// Chunk class of a footprint (`0 < bytes <= MAX_CHUNK_CLASS_SIZE`).
@@ -182,16 +197,26 @@ mod tests {
             assert!((chunk_class_size(c) - bytes) * 8 < chunk_class_size(c));
         }
         assert_eq!(chunk_class_of(slab_chunk_size(0)), 0);
-        assert_eq!(
-            chunk_class_size(chunk_class_of(MEDIUM_CHUNK_SIZE)),
-            MEDIUM_CHUNK_SIZE
-        );
+        for c in 0..NUM_CLASSES {
+            // Slab chunks are exact chunk classes, so cached ones are reused.
+            let s = slab_chunk_size(c);
+            assert_eq!(chunk_class_size(chunk_class_of(s)), s);
+        }
     }
 
     #[test]
-    fn slab_chunks_hold_at_least_seven_blocks() {
+    fn slab_chunks_are_small_and_hold_enough_blocks() {
         for c in 0..NUM_CLASSES {
-            assert!((slab_chunk_size(c) - 256) / class_size(c) >= 7, "class {c}");
+            let s = slab_chunk_size(c);
+            assert!(
+                (s - SLAB_HEADER) / class_size(c) >= MIN_SLAB_BLOCKS,
+                "class {c}"
+            );
+            assert!(
+                s - CHUNK_SIZE < SLAB_HEADER + MIN_SLAB_BLOCKS * class_size(c),
+                "class {c} chunk larger than needed"
+            );
         }
+        assert_eq!(slab_chunk_size(NUM_CLASSES - 1), 320 * 1024);
     }
 }

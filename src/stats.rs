@@ -12,9 +12,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// without stopping other threads, so a snapshot may mix adjacent instants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Bytes of live blocks handed to the program (block sizes: requests
-    /// rounded up to their size class; large and huge objects at their
-    /// requested size).
+    /// Bytes of live blocks handed to the program: slab blocks at their
+    /// class size, large objects at their usable size (chunk size minus the
+    /// object's offset, which in-place resizes keep), huge objects at their
+    /// requested size.
     pub in_use: usize,
     /// Bytes committed from the OS (what the budget counts).
     pub committed: usize,

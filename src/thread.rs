@@ -480,7 +480,9 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             report_invalid(p, b"realloc");
             return ptr::null_mut();
         };
-        if new_size > crate::size_class::MAX_CHUNK_CLASS_SIZE {
+        if new_size > crate::size_class::MAX_SMALL {
+            // A huge object stays huge and is resized with mremap (null if
+            // `p` is not huge or the kernel refuses).
             let q = heap::realloc_huge(p, new_size);
             if !q.is_null() {
                 return q;
