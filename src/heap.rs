@@ -891,7 +891,7 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
             }
             return FreeResult::Done;
         }
-        if tag & (FLAG_MASK & !FLAG_FULL) == 0 && !is_empty(heap) {
+        if tag & (FLAG_MASK & !FLAG_FULL) == 0 {
             return free_remote(heap, c, p);
         }
         free_slow(heap, c, p)
@@ -900,18 +900,18 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
 
 /// A free into a plain slab (no aligned interior pointers) that this heap
 /// may not own: one CAS onto the chunk's remote list, unless it turns out
-/// to be our own full chunk.
+/// to be our own full chunk or the thread has no heap.
 ///
 /// # Safety
-/// `heap` is the calling thread's real heap; `c` is the live slab holding
-/// the block `p`.
+/// `heap` is the calling thread's heap (or an empty one); `c` is the live
+/// slab holding the block `p`.
 #[inline(never)]
 unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
     // SAFETY: per the contract; `class` < NUM_CLASSES for every slab.
     unsafe {
         let owner = Chunk::owner(c) as *mut Heap;
-        if owner == heap {
-            // Our own chunk, detached as full.
+        if owner == heap || is_empty(heap) {
+            // Our own chunk, detached as full; or a thread without a heap.
             return free_slow(heap, c, p);
         }
         bump((*heap).frees.get_unchecked((*c).class as usize), 1);
