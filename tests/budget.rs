@@ -94,6 +94,32 @@ fn free_blocks(blocks: impl Iterator<Item = Held>) {
     }
 }
 
+/// Resident bytes from `/proc/self/statm`, read into a stack buffer: at the
+/// cap an allocating reader could itself fail.
+fn rss_noalloc() -> usize {
+    let mut buf = [0u8; 128];
+    // SAFETY: a NUL-terminated path; `buf` is valid for `buf.len()` bytes;
+    // the descriptor is closed before returning.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "open /proc/self/statm");
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0, "read /proc/self/statm");
+    // Fields: size resident shared ... (in pages).
+    let text = &buf[..n as usize];
+    let mut fields = text.split(|&b| b == b' ');
+    fields.next();
+    let resident = fields.next().expect("resident field");
+    let pages = resident
+        .iter()
+        .fold(0usize, |acc, &d| acc * 10 + (d - b'0') as usize);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
 /// 8 threads allocate mixed sizes until allocations fail under a 64 MiB
 /// cap. A sampler watches `committed`, which must never exceed the cap;
 /// every failure is a null; `try_reserve` reports `Err` at the cap; after
@@ -113,6 +139,7 @@ fn cap_holds_with_8_threads_and_recovers() {
         let halved = Arc::new(Barrier::new(THREADS + 1));
         let recovered = Arc::new(Barrier::new(THREADS + 1));
         let failures_before = stats().failed_allocs;
+        let rss_before = rss_noalloc();
         set_budget(Some(CAP));
         assert_eq!(budget(), Some(CAP));
         assert_eq!(stats().budget_limit, Some(CAP));
@@ -174,6 +201,14 @@ fn cap_holds_with_8_threads_and_recovers() {
             s.failed_allocs - failures_before
         );
         assert!(s.committed <= CAP, "committed {} > cap", s.committed);
+        // The kernel's view agrees: what the process gained in resident
+        // memory stays within the cap, plus 8 MiB of slack for what is not
+        // chunkmalloc's (thread stacks, the test harness).
+        let rss_gain = rss_noalloc().saturating_sub(rss_before);
+        assert!(
+            rss_gain <= CAP + 8 * MIB,
+            "VmRSS grew by {rss_gain} bytes under a cap of {CAP}"
+        );
         assert!(
             s.committed >= CAP - 16 * MIB,
             "workers gave up well below the cap: committed {}",
