@@ -5,19 +5,38 @@
 # and warm-up cancel out; the harness's own cost (the same loop over an
 # allocator that does nothing) is subtracted.
 # Usage: scripts/fastpath-probe.sh [n] [allocators...]
+#   allocators: chunkmalloc mimalloc jemalloc system (called in-process
+#   through GlobalAlloc), or preload:NAME=PATH.so, which calls libc's
+#   malloc/free (Rust's System allocator) with PATH.so preloaded, as a C
+#   program would; preload rows include the PLT call and System's own
+#   alignment check (about 3 instructions) beyond the in-process rows.
+#   --preload adds rows for libchunkmalloc.so and Debian's jemalloc and
+#   mimalloc (when installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+preload=0
+if [ "${1:-}" = --preload ]; then preload=1; shift; fi
 n=${1:-200000}
 shift || true
 allocs=("$@")
 [ ${#allocs[@]} -gt 0 ] || allocs=(chunkmalloc mimalloc jemalloc system)
+if [ $preload = 1 ]; then
+  cargo build --release -p chunkmalloc-preload -q
+  allocs+=("preload:chunkmalloc=$PWD/target/release/libchunkmalloc.so")
+  for lib in jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 mimalloc=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2; do
+    [ -e "${lib#*=}" ] && allocs+=("preload:$lib")
+  done
+  allocs+=("preload:glibc=")
+fi
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 cargo build --release --example probe -q
 bin=target/release/examples/probe
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 ir() {
-  valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$bin" "$1" "$2" "$3" >/dev/null 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+  local lib="" a=$1
+  if [[ $a == preload:* ]]; then lib=${a#*=}; a=system; fi
+  LD_PRELOAD=$lib valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$bin" "$a" "$2" "$3" >/dev/null 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
   grep -E '^summary:|^totals:' "$tmp/out" | head -1 | awk '{print $2}'
 }
 per_op() { # allocator scenario -> instructions per pair, harness included
@@ -28,12 +47,14 @@ per_op() { # allocator scenario -> instructions per pair, harness included
 }
 declare -A base
 for s in single batch remote; do base[$s]=$(per_op noop "$s"); done
-printf '%-12s %10s %10s %10s   (instructions per malloc+free pair, harness of %s/%s/%s subtracted)\n' \
+printf '%-24s %10s %10s %10s   (instructions per malloc+free pair, harness of %s/%s/%s subtracted)\n' \
   allocator single batch remote "${base[single]}" "${base[batch]}" "${base[remote]}"
 for a in "${allocs[@]}"; do
   row=()
   for s in single batch remote; do
     row+=("$(awk -v v="$(per_op "$a" "$s")" -v b="${base[$s]}" 'BEGIN{printf "%.1f", v-b}')")
   done
-  printf '%-12s %10s %10s %10s\n' "$a" "${row[@]}"
+  name=$a
+  [[ $a == preload:* ]] && { name=${a#preload:}; name="${name%%=*} (LD_PRELOAD)"; }
+  printf '%-24s %10s %10s %10s\n' "$name" "${row[@]}"
 done
