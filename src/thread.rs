@@ -35,7 +35,7 @@ use crate::os;
 /// to one `fs:`-relative load. The initial value is the empty heap's
 /// address (a relocation in the TLS image), so no thread ever sees null.
 /// The symbol is hidden: each linked copy of chunkmalloc has its own.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "dynamic-tls")))]
 mod tls {
     use super::{Heap, EMPTY_HEAP};
 
@@ -83,10 +83,13 @@ mod tls {
     }
 }
 
-/// Elsewhere: a const-initialised `thread_local!` without a destructor.
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+/// Elsewhere (or with the `dynamic-tls` feature, kept to measure what the
+/// initial-exec variable saves): a const-initialised `thread_local!`
+/// without a destructor.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "dynamic-tls"))))]
 mod tls {
     use super::{Heap, EMPTY_HEAP};
+    use core::cell::Cell;
 
     thread_local! {
         static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.as_ptr()) };
@@ -99,7 +102,7 @@ mod tls {
 
     #[inline(always)]
     pub fn set(h: *mut Heap) {
-        tls::set(h);
+        HEAP.with(|c| c.set(h));
     }
 }
 
