@@ -35,7 +35,11 @@ use crate::os;
 /// to one `fs:`-relative load. The initial value is the empty heap's
 /// address (a relocation in the TLS image), so no thread ever sees null.
 /// The symbol is hidden: each linked copy of chunkmalloc has its own.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "dynamic-tls")))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(feature = "dynamic-tls")
+))]
 mod tls {
     use super::{Heap, EMPTY_HEAP};
 
@@ -86,7 +90,11 @@ mod tls {
 /// Elsewhere (or with the `dynamic-tls` feature, kept to measure what the
 /// initial-exec variable saves): a const-initialised `thread_local!`
 /// without a destructor.
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "dynamic-tls"))))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(feature = "dynamic-tls")
+)))]
 mod tls {
     use super::{Heap, EMPTY_HEAP};
     use core::cell::Cell;
