@@ -65,6 +65,15 @@ impl Budget {
         debug_assert!(prev >= n, "budget underflow");
     }
 
+    /// Whether use is within 1/16 of the cap (always false without one).
+    /// Caches stop holding on to free memory privately then, so that a
+    /// thread that hits the cap can give it back to the OS.
+    #[inline]
+    pub fn under_pressure(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit != usize::MAX && self.committed() >= limit - limit / 16
+    }
+
     /// Records a refused allocation request.
     pub fn note_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);

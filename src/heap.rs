@@ -719,10 +719,82 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     unsafe { finish_huge(c, off, size) }
 }
 
-/// Resizes a cached huge mapping to `len` bytes (64 KiB-aligned base kept
-/// or moved to a fresh aligned target, pages moved, not copied) and
-/// re-registers it. Returns the base, or null (the mapping is then
-/// unmapped and its bytes released).
+/// Resizes the mapping of chunk `c` (header at its 64 KiB-aligned base) to
+/// `new_len` bytes: in place when the kernel can, else (with `can_move`)
+/// by moving its pages onto a fresh 64 KiB-aligned target with
+/// `mremap(MREMAP_FIXED)`, which copies nothing. Keeps the chunk map and
+/// the budget exact. Returns the new base, or null with the old mapping
+/// intact, registered and counted as before.
+///
+/// # Safety
+/// The caller owns `c` exclusively (a cached mapping, or one holding an
+/// object the caller is resizing); `c` is registered and its `size` bytes
+/// are counted in the budget.
+unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
+        let base = c.cast::<u8>();
+        let old = (*c).size;
+        if new_len == old {
+            return base;
+        }
+        if new_len > old && !budget::GLOBAL.try_reserve(new_len - old) {
+            return ptr::null_mut();
+        }
+        let undo_growth = || {
+            if new_len > old {
+                budget::GLOBAL.release(new_len - old);
+            }
+        };
+        // Unregister before any remap gives address space back: once it is
+        // unmapped another thread may map and register it at once.
+        chunk_map::unregister(base as usize, old);
+        let new_base = if os::remap_in_place(base, old, new_len) {
+            base
+        } else {
+            let t = if can_move {
+                os::map_aligned(new_len, CHUNK_SIZE, 0)
+            } else {
+                ptr::null_mut()
+            };
+            // Register the target before the move so that failure (a chunk
+            // map leaf refused) leaves the old mapping untouched.
+            if t.is_null() || !chunk_map::register(t as usize, new_len, t as usize) {
+                if !t.is_null() {
+                    os::unmap(t, new_len);
+                }
+                undo_growth();
+                // The old range is still ours and its leaves exist.
+                chunk_map::register(base as usize, old, c as usize);
+                return ptr::null_mut();
+            }
+            if !os::remap_to(base, old, new_len, t) {
+                chunk_map::unregister(t as usize, new_len);
+                os::unmap(t, new_len);
+                undo_growth();
+                chunk_map::register(base as usize, old, c as usize);
+                return ptr::null_mut();
+            }
+            t
+        };
+        if new_base == base && !chunk_map::register(base as usize, new_len, base as usize) {
+            // Grown in place into a 4 GiB region whose leaf the budget
+            // refuses: shrink back (always possible) and give up.
+            os::remap_in_place(base, new_len, old);
+            undo_growth();
+            chunk_map::register(base as usize, old, c as usize);
+            return ptr::null_mut();
+        }
+        if new_len < old {
+            budget::GLOBAL.release(old - new_len);
+        }
+        (*new_base.cast::<Chunk>()).size = new_len;
+        new_base
+    }
+}
+
+/// Resizes a cached huge mapping to `len` bytes for reuse. Returns its new
+/// base, or null (the mapping is then unmapped and its bytes released).
 ///
 /// # Safety
 /// `c` is a cached huge mapping owned by the caller, registered in the
@@ -730,41 +802,11 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
 unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
     // SAFETY: per the contract.
     unsafe {
-        let base = c.cast::<u8>();
-        let old = (*c).size;
-        let mut new_base = base;
-        if len > old && !budget::GLOBAL.try_reserve(len - old) {
+        let base = remap_chunk(c, len, true);
+        if base.is_null() {
             drop_huge(c);
-            return ptr::null_mut();
         }
-        // Unregister before any remap gives address space back: once it is
-        // unmapped another thread may map and register it.
-        chunk_map::unregister(base as usize, old);
-        if len != old && !os::remap_in_place(base, old, len) {
-            let t = os::map_aligned(len, CHUNK_SIZE, 0);
-            if t.is_null() || !os::remap_to(base, old, len, t) {
-                if !t.is_null() {
-                    os::unmap(t, len);
-                }
-                if len > old {
-                    budget::GLOBAL.release(len - old);
-                }
-                os::unmap(base, old);
-                budget::GLOBAL.release(old);
-                return ptr::null_mut();
-            }
-            new_base = t;
-        }
-        if len < old {
-            budget::GLOBAL.release(old - len);
-        }
-        (*new_base.cast::<Chunk>()).size = len;
-        if !chunk_map::register(new_base as usize, len, new_base as usize) {
-            os::unmap(new_base, len);
-            budget::GLOBAL.release(len);
-            return ptr::null_mut();
-        }
-        new_base
+        base
     }
 }
 
@@ -1185,48 +1227,14 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
             return p;
         }
-        if new_len > old_len && !budget::GLOBAL.try_reserve(new_len - old_len) {
-            return ptr::null_mut();
+        // Objects aligned to 64 KiB or more would lose their alignment if
+        // moved to a merely 64 KiB-aligned target: those resize in place or
+        // the caller moves them itself.
+        let new_base = remap_chunk(c, new_len, off < CHUNK_SIZE);
+        if new_base.is_null() {
+            return new_base;
         }
-        let base = c.cast::<u8>();
-        // Unregister before any remap gives address space back (another
-        // thread may map and register it at once); re-register on failure.
-        chunk_map::unregister(base as usize, old_len);
-        let new_base = if os::remap_in_place(base, old_len, new_len) {
-            base
-        } else {
-            // Move the pages to a 64 KiB-aligned target; no copy. Objects
-            // aligned to 64 KiB or more would lose their alignment, so the
-            // caller moves those itself.
-            let t = if off < CHUNK_SIZE {
-                os::map_aligned(new_len, CHUNK_SIZE, 0)
-            } else {
-                ptr::null_mut()
-            };
-            if t.is_null() || !os::remap_to(base, old_len, new_len, t) {
-                if !t.is_null() {
-                    os::unmap(t, new_len);
-                }
-                if new_len > old_len {
-                    budget::GLOBAL.release(new_len - old_len);
-                }
-                // The old mapping is intact and still ours; its leaves exist.
-                chunk_map::register(base as usize, old_len, c as usize);
-                return ptr::null_mut();
-            }
-            t
-        };
-        let nc = new_base.cast::<Chunk>();
-        (*nc).size = new_len;
-        (*nc).obj_size = new_size;
-        if !chunk_map::register(new_base as usize, new_len, nc as usize) {
-            // Leaves were mapped for the old range; only a new range in an
-            // unmapped 4 GiB region can fail, and only under the budget.
-            os::fatal("chunk map leaf unavailable while moving a huge block");
-        }
-        if new_len < old_len {
-            budget::GLOBAL.release(old_len - new_len);
-        }
+        (*new_base.cast::<Chunk>()).obj_size = new_size;
         GLOBALS.huge_bytes.fetch_add(new_size, Ordering::Relaxed);
         GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
         new_base.add(off)

@@ -542,8 +542,23 @@ impl<A: Allocator + 'static> Provider<A> {
         // SAFETY: per the contract.
         let size = unsafe { (*c).size };
         let cls = crate::size_class::chunk_class_of(size);
-        if self.local_bytes.load(Ordering::Relaxed) + size > LOCAL_RESERVE_BYTES {
+        if self.local_bytes.load(Ordering::Relaxed) + size > LOCAL_RESERVE_BYTES
+            || self.budget.under_pressure()
+        {
+            // Over the reserve, or near the budget cap, where a thread that
+            // fails must be able to purge what other (possibly idle)
+            // threads freed: keep nothing private.
             self.flush_local();
+            if self.budget.under_pressure() {
+                // SAFETY: per the contract, `c` is ours and unreferenced.
+                unsafe {
+                    (*c).kind = crate::chunk::Kind::Cached;
+                    Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
+                    (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
+                }
+                self.global.push_list(c, os::now_ms());
+                return;
+            }
         }
         // SAFETY: exclusively ours.
         unsafe {
@@ -567,7 +582,14 @@ impl<A: Allocator + 'static> Provider<A> {
             let cls = crate::size_class::chunk_class_of((*c).size);
             (*c).kind = crate::chunk::Kind::Cached;
             Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
-            self.shared[cls].push(c);
+            if self.budget.under_pressure() {
+                // Near the cap the owner may be idle; put it where a failing
+                // thread can purge it.
+                (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
+                self.global.push_list(c, os::now_ms());
+            } else {
+                self.shared[cls].push(c);
+            }
         }
     }
 

@@ -25,6 +25,7 @@ use crate::budget;
 use crate::config;
 use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP};
 use crate::os;
+use crate::size_class::CHUNK_SIZE;
 
 /// The thread's heap pointer on x86-64 Linux: an initial-exec TLS
 /// variable, defined here in assembly because stable Rust has no TLS-model
@@ -499,7 +500,17 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
                 return q;
             }
         }
-        let q = malloc_aligned(new_size, align, false);
+        // A block that grows past 32 KiB and must move gets half as much
+        // again as it asked for (up to the largest chunk class), so a
+        // buffer grown step by step (a string or vector built with
+        // `realloc`) is copied about half as often. Its usable size reports
+        // the headroom.
+        let mut want = new_size;
+        if new_size > old && new_size > crate::size_class::MAX_SMALL / 2 {
+            want = new_size
+                .max((old + old / 2).min(crate::size_class::MAX_CHUNK_CLASS_SIZE - CHUNK_SIZE));
+        }
+        let q = malloc_aligned(want, align, false);
         if q.is_null() {
             return q;
         }
