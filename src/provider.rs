@@ -194,7 +194,7 @@ impl GlobalCache {
         };
         self.lock.unlock();
         if put {
-            let due = now.saturating_add(config::purge_delay_ms());
+            let due = now.saturating_add(huge_delay(config::purge_delay_ms()));
             self.next_purge_ms.fetch_min(due, Ordering::Relaxed);
         }
         put
@@ -307,13 +307,13 @@ impl GlobalCache {
                 if c.is_null() {
                     continue;
                 }
-                if force || (*c).cached_at.saturating_add(delay) <= now {
+                if force || (*c).cached_at.saturating_add(huge_delay(delay)) <= now {
                     *slot = ptr::null_mut();
                     self.huge_bytes.fetch_sub((*c).size, Ordering::Relaxed);
                     (*c).link.store(to_unmap, Ordering::Relaxed);
                     to_unmap = c;
                 } else {
-                    next_due = next_due.min((*c).cached_at.saturating_add(delay));
+                    next_due = next_due.min((*c).cached_at.saturating_add(huge_delay(delay)));
                 }
             }
         }
@@ -336,6 +336,13 @@ impl Default for GlobalCache {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// How long a freed huge mapping is kept: a tenth of the purge delay
+/// (10 ms by default). Huge mappings are many MiB each, so keeping them as
+/// long as chunks would cost more resident memory than the faults it saves.
+fn huge_delay(delay: u64) -> u64 {
+    delay / 10
 }
 
 /// Decommits a cached chunk's data pages (all but the header page).

@@ -60,6 +60,32 @@ fn allocate_256m() -> (Blocks, Blocks) {
     (small, large)
 }
 
+/// Asserts memory went back: RSS fell by at least 75 % of what was added
+/// (`s1` at the peak, `after` at the end) and committed bytes are within
+/// `slack` of the start (`s0`).
+fn assert_returned(
+    s0: &Snapshot,
+    s1: &Snapshot,
+    after: &Snapshot,
+    added: usize,
+    slack: usize,
+    what: &str,
+) {
+    let fallen = s1.rss.saturating_sub(after.rss);
+    assert!(
+        fallen * 4 >= added * 3,
+        "{what}: RSS fell by {} MiB of the {} MiB added",
+        fallen / MIB,
+        added / MIB
+    );
+    assert!(
+        after.committed <= s0.committed + slack,
+        "{what}: committed {} KiB, {} KiB at start",
+        after.committed / KIB,
+        s0.committed / KIB
+    );
+}
+
 fn report(tag: &str, s: &Snapshot) {
     eprintln!(
         "{tag}: rss {} MiB, committed {} KiB, cached {} KiB",
@@ -89,22 +115,10 @@ fn purge_returns_memory_to_the_os() {
         let s2 = snap();
         report("freed + purge", &s2);
         assert!(released >= 200 * MIB, "purge() reported {released} bytes");
-        let fallen = s1.rss.saturating_sub(s2.rss);
-        assert!(
-            fallen * 4 >= added * 3,
-            "RSS fell by {} MiB of the {} MiB added",
-            fallen / MIB,
-            added / MIB
-        );
         // What may stay committed: the header page of each decommitted
         // chunk the cache keeps mapped for reuse (at most 512 of them,
         // 2 MiB), plus chunk-map leaves.
-        assert!(
-            s2.committed <= s0.committed + 4 * MIB,
-            "committed {} KiB after purge, {} KiB at start",
-            s2.committed / KIB,
-            s0.committed / KIB
-        );
+        assert_returned(&s0, &s1, &s2, added, 4 * MIB, "freed + purge");
         assert!(
             s2.cached <= MIB,
             "{} KiB still cached committed",
@@ -150,18 +164,13 @@ fn delayed_purge_scenario(delay_ms: u64, wait: Duration) {
     // Slab chunks that stay attached as their class's current chunk are
     // not cached (about 60 classes x 64 KiB here), plus decommitted
     // chunks' header pages: well under 16 MiB of the 256 MiB.
-    assert!(
-        s3.committed <= s0.committed + 16 * MIB,
-        "committed {} KiB, {} KiB at start (delay {delay_ms} ms)",
-        s3.committed / KIB,
-        s0.committed / KIB
-    );
-    let fallen = s1.rss.saturating_sub(s3.rss);
-    assert!(
-        fallen * 4 >= added * 3,
-        "RSS fell by {} MiB of the {} MiB added (delay {delay_ms} ms)",
-        fallen / MIB,
-        added / MIB
+    assert_returned(
+        &s0,
+        &s1,
+        &s3,
+        added,
+        16 * MIB,
+        &format!("delay {delay_ms} ms"),
     );
 }
 
@@ -224,18 +233,6 @@ fn memory_of_exited_threads_is_returned() {
         chunkmalloc::purge();
         let s2 = snap();
         report("freed by main + purge", &s2);
-        let fallen = s1.rss.saturating_sub(s2.rss);
-        assert!(
-            fallen * 4 >= added * 3,
-            "RSS fell by {} MiB of the {} MiB added",
-            fallen / MIB,
-            added / MIB
-        );
-        assert!(
-            s2.committed <= s0.committed + 8 * MIB,
-            "committed {} KiB after purge, {} KiB at start",
-            s2.committed / KIB,
-            s0.committed / KIB
-        );
+        assert_returned(&s0, &s1, &s2, added, 8 * MIB, "freed by main + purge");
     });
 }
