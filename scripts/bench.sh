@@ -30,7 +30,10 @@ usage: scripts/bench.sh [options]
 
 Environment: BENCH_NO_APT=1 never uses apt-get (exercises the fallbacks);
 BENCH_CHUNKMALLOC_LIB=PATH benchmarks that library as chunkmalloc instead of
-building target/release/libchunkmalloc.so.
+building target/release/libchunkmalloc.so; BENCH_NO_PERF_MD=1 leaves
+docs/PERF.md alone. A full run (not --quick, --only or --alloc) also runs
+scripts/fastpath-probe.sh --preload (when valgrind exists) into the report
+and copies the report into docs/PERF.md (scripts/update_perf_md.py).
 Exit status: 0 when every run passed, 1 on usage/setup errors, 3 when some
 run failed or printed a checksum that differs from glibc's (the report is
 still written).
@@ -610,7 +613,24 @@ meta() { printf '%s=%s\n' "$1" "${2//$'\n'/ }"; }
     for w in "${WORKLOADS[@]}"; do meta "desc.$w" "${WL_DESC[$w]}"; done
 } >"$OUT/meta.txt"
 
+# Full runs (every workload, every allocator) also count fast-path
+# instructions with callgrind and refresh docs/PERF.md.
+FULL_RUN=0
+[[ $QUICK == 0 && -z $ONLY && -z $ALLOC_ONLY ]] && FULL_RUN=1
+if [[ $FULL_RUN == 1 ]]; then
+    if command -v valgrind >/dev/null; then
+        echo "bench.sh: fast-path probe (callgrind) ..." >&2
+        bash "$ROOT/scripts/fastpath-probe.sh" --preload 100000 >"$OUT/fastpath.txt" 2>"$OUT/fastpath.err" ||
+            echo "bench.sh: fast-path probe failed (see $OUT/fastpath.err)" >&2
+    else
+        echo "bench.sh: valgrind not found; no fast-path probe in this report" >&2
+    fi
+fi
+
 SUMMARY=$("$PYTHON" "$ROOT/scripts/bench_report.py" "$OUT") || die "scripts/bench_report.py failed"
+if [[ $FULL_RUN == 1 && ${BENCH_NO_PERF_MD:-0} != 1 ]]; then
+    "$PYTHON" "$ROOT/scripts/update_perf_md.py" "$OUT" || echo "bench.sh: docs/PERF.md not updated" >&2
+fi
 echo
 echo "$SUMMARY"
 echo
