@@ -686,10 +686,20 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     if align <= CHUNK_SIZE && !zero {
-        let c = GLOBAL_CACHE.take_huge();
+        let c = GLOBAL_CACHE.take_huge(len);
         if !c.is_null() {
-            // SAFETY: a cached huge mapping, exclusively ours now.
-            let base = unsafe { reuse_huge(c, len) };
+            // A mapping up to twice the need is used as it is (its tail
+            // stays resident, ready for growth, as glibc's heap would keep
+            // it); a larger one is shrunk, a smaller one grown.
+            // SAFETY: `c` is a cached mapping, exclusively ours now.
+            let have = unsafe { (*c).size };
+            let target = if have >= len && have / 2 <= len {
+                have
+            } else {
+                len
+            };
+            // SAFETY: as above.
+            let base = unsafe { reuse_huge(c, target) };
             if !base.is_null() {
                 // SAFETY: `base` holds the header; the mapping is `len` long.
                 unsafe { return finish_huge(base.cast(), off, size) };

@@ -200,25 +200,33 @@ impl GlobalCache {
         put
     }
 
-    /// Takes the most recently cached huge mapping, or null.
-    pub fn take_huge(&self) -> *mut Chunk {
+    /// Takes a cached huge mapping for a request of `len` bytes: the
+    /// smallest one that fits, else the largest (which the caller grows).
+    /// Null if none is cached.
+    pub fn take_huge(&self, len: usize) -> *mut Chunk {
         if self.huge_bytes.load(Ordering::Relaxed) == 0 {
             return ptr::null_mut();
         }
         self.lock.lock();
-        // SAFETY: lock held.
+        // SAFETY: lock held; cached chunks in the slots are stable under it.
         let slots = unsafe { &mut *self.huge.get() };
-        let mut best: Option<usize> = None;
+        let mut fit: Option<(usize, usize)> = None;
+        let mut largest: Option<(usize, usize)> = None;
         for (i, s) in slots.iter().enumerate() {
-            // SAFETY: cached chunks in the slots are stable under the lock.
-            if !s.is_null()
-                && best.is_none_or(|b| unsafe { (*slots[b]).cached_at <= (**s).cached_at })
-            {
-                best = Some(i);
+            if s.is_null() {
+                continue;
+            }
+            // SAFETY: a cached mapping, stable under the lock.
+            let size = unsafe { (**s).size };
+            if size >= len && fit.is_none_or(|(_, f)| size < f) {
+                fit = Some((i, size));
+            }
+            if largest.is_none_or(|(_, l)| size > l) {
+                largest = Some((i, size));
             }
         }
-        let c = match best {
-            Some(i) => core::mem::replace(&mut slots[i], ptr::null_mut()),
+        let c = match fit.or(largest) {
+            Some((i, _)) => core::mem::replace(&mut slots[i], ptr::null_mut()),
             None => ptr::null_mut(),
         };
         if !c.is_null() {
