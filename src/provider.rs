@@ -182,8 +182,7 @@ impl GlobalCache {
             Some(slot) => {
                 // SAFETY: exclusively ours until published in the slot.
                 unsafe {
-                    (*c).kind = crate::chunk::Kind::Cached;
-                    Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
+                    mark_cached(c);
                     (*c).cached_at = now;
                 }
                 *slot = c;
@@ -351,6 +350,21 @@ impl Default for GlobalCache {
 /// long as chunks would cost more resident memory than the faults it saves.
 fn huge_delay(delay: u64) -> u64 {
     delay / 10
+}
+
+/// Marks a chunk free (kind `Cached`, no owner, not a slab, unlinked) and
+/// returns its size.
+///
+/// # Safety
+/// The caller holds `c` exclusively and it has no live objects.
+unsafe fn mark_cached(c: *mut Chunk) -> usize {
+    // SAFETY: per the contract.
+    unsafe {
+        (*c).kind = crate::chunk::Kind::Cached;
+        Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
+        (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
+        (*c).size
+    }
 }
 
 /// Decommits a cached chunk's data pages (all but the header page).
@@ -554,33 +568,22 @@ impl<A: Allocator + 'static> Provider<A> {
     /// # Safety
     /// `c` is a chunk of this provider's pages that nothing else references.
     pub unsafe fn release(&mut self, c: *mut Chunk) {
-        // SAFETY: per the contract.
-        let size = unsafe { (*c).size };
-        let cls = crate::size_class::chunk_class_of(size);
-        if self.local_bytes.load(Ordering::Relaxed) + size > LOCAL_RESERVE_BYTES
-            || self.budget.under_pressure()
-        {
+        // SAFETY: per the contract, `c` is ours and unreferenced.
+        let size = unsafe { mark_cached(c) };
+        let pressure = self.budget.under_pressure();
+        if pressure || self.local_bytes.load(Ordering::Relaxed) + size > LOCAL_RESERVE_BYTES {
             // Over the reserve, or near the budget cap, where a thread that
             // fails must be able to purge what other (possibly idle)
             // threads freed: keep nothing private.
             self.flush_local();
-            if self.budget.under_pressure() {
-                // SAFETY: per the contract, `c` is ours and unreferenced.
-                unsafe {
-                    (*c).kind = crate::chunk::Kind::Cached;
-                    Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
-                    (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
-                }
+            if pressure {
                 self.global.push_list(c, os::now_ms());
                 return;
             }
         }
+        let cls = crate::size_class::chunk_class_of(size);
         // SAFETY: exclusively ours.
-        unsafe {
-            (*c).kind = crate::chunk::Kind::Cached;
-            Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
-            (*c).link.store(self.local[cls], Ordering::Relaxed);
-        }
+        unsafe { (*c).link.store(self.local[cls], Ordering::Relaxed) };
         self.local[cls] = c;
         bump(&self.local_bytes, size);
         bump(&self.local_count, 1);
@@ -592,19 +595,15 @@ impl<A: Allocator + 'static> Provider<A> {
     /// `c` is a chunk of this provider with no live objects, referenced by
     /// nothing else.
     pub unsafe fn push_shared(&self, c: *mut Chunk) {
-        // SAFETY: per the contract.
-        unsafe {
-            let cls = crate::size_class::chunk_class_of((*c).size);
-            (*c).kind = crate::chunk::Kind::Cached;
-            Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
-            if self.budget.under_pressure() {
-                // Near the cap the owner may be idle; put it where a failing
-                // thread can purge it.
-                (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
-                self.global.push_list(c, os::now_ms());
-            } else {
-                self.shared[cls].push(c);
-            }
+        // SAFETY: per the contract, `c` is ours to hand over.
+        let size = unsafe { mark_cached(c) };
+        if self.budget.under_pressure() {
+            // Near the cap the owner may be idle; put it where a failing
+            // thread can purge it.
+            self.global.push_list(c, os::now_ms());
+        } else {
+            // SAFETY: `c` is on no other list.
+            unsafe { self.shared[crate::size_class::chunk_class_of(size)].push(c) };
         }
     }
 
