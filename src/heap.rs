@@ -882,12 +882,12 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
     if c.is_null() {
         return FreeResult::Invalid;
     }
-    // SAFETY: live chunk header; the steps mirror `free_slow`'s remote
-    // branches, with global counters.
+    // SAFETY: live chunk header; the slab step mirrors `free_slow`'s remote
+    // branch, with global counters.
     unsafe {
-        let owner = Chunk::owner(c) as *mut Heap;
         match (*c).kind {
             Kind::Slab => {
+                let owner = Chunk::owner(c) as *mut Heap;
                 let mut p = p;
                 if Chunk::flags(c) & FLAG_ALIGNED != 0 {
                     p = Chunk::block_start(c, p);
@@ -901,14 +901,8 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
                 }
                 FreeResult::Done
             }
-            Kind::Large if p == c.cast::<u8>().add((*c).obj_offset) => {
-                GLOBALS
-                    .heapless_freed_bytes
-                    .fetch_add((*c).size - (*c).obj_offset, Ordering::Relaxed);
-                (*owner).large_chunks.fetch_sub(1, Ordering::Relaxed);
-                (*owner).provider.push_shared(c);
-                FreeResult::Done
-            }
+            // Large and huge frees need no heap (`free_slow` counts them
+            // globally for the empty heap).
             _ => free_slow(EMPTY_HEAP.as_ptr(), c, p),
         }
     }
