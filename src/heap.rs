@@ -629,6 +629,18 @@ pub unsafe fn malloc_aligned(heap: *mut Heap, size: usize, align: usize, zero: b
     unsafe { alloc_large(heap, size, align, zero) }
 }
 
+/// Where a large or huge object starts in its chunk: after the header, at
+/// its alignment; for alignments above 64 KiB at 64 KiB (the mapping is then
+/// placed so that this offset is aligned).
+#[inline]
+fn object_offset(align: usize) -> usize {
+    if align <= CHUNK_SIZE {
+        align.max(HEADER_SIZE)
+    } else {
+        CHUNK_SIZE
+    }
+}
+
 /// Allocates one object in an oversized chunk (cached by the provider) or,
 /// above 8 MiB or for alignments above 64 KiB, in its own mapping.
 ///
@@ -639,11 +651,7 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return ptr::null_mut();
     }
-    let off = if align <= CHUNK_SIZE {
-        align.max(HEADER_SIZE)
-    } else {
-        CHUNK_SIZE
-    };
+    let off = object_offset(align);
     let footprint = off + size;
     if align <= CHUNK_SIZE && footprint <= MAX_CHUNK_CLASS_SIZE {
         if is_empty(heap) {
@@ -677,11 +685,7 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
 /// `mremap`, so its resident pages need no new faults) unless the caller
 /// wants zeroed memory, which fresh mappings give for free.
 fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
-    let off = if align <= CHUNK_SIZE {
-        align.max(HEADER_SIZE)
-    } else {
-        CHUNK_SIZE
-    };
+    let off = object_offset(align);
     let Some(len) = os::align_up_checked(off + size, CHUNK_SIZE) else {
         return ptr::null_mut();
     };
@@ -887,7 +891,6 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
     unsafe {
         match (*c).kind {
             Kind::Slab => {
-                let owner = Chunk::owner(c) as *mut Heap;
                 let mut p = p;
                 if Chunk::flags(c) & FLAG_ALIGNED != 0 {
                     p = Chunk::block_start(c, p);
@@ -896,9 +899,7 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
                 GLOBALS
                     .heapless_freed_bytes
                     .fetch_add(class_size((*c).class as usize), Ordering::Relaxed);
-                if Chunk::push_remote(c, p.cast()) {
-                    (*owner).pending.push(c);
-                }
+                push_remote(c, p.cast());
                 FreeResult::Done
             }
             // Large and huge frees need no heap (`free_slow` counts them
@@ -962,10 +963,24 @@ unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult 
         }
         bump((*heap).frees.get_unchecked((*c).class as usize), 1);
         bump(&(*heap).remote_frees, 1);
-        if Chunk::push_remote(c, p.cast()) {
-            (*owner).pending.push(c);
-        }
+        push_remote(c, p.cast());
         FreeResult::Done
+    }
+}
+
+/// Pushes a block on another heap's chunk and, when the chunk was detached
+/// as full and this free is the one to say so, queues it on its owner's
+/// pending list.
+///
+/// # Safety
+/// As [`Chunk::push_remote`]; the caller does not own `c`.
+#[inline]
+unsafe fn push_remote(c: *mut Chunk, b: *mut Block) {
+    // SAFETY: per the contract; the owner heap record is never freed.
+    unsafe {
+        if Chunk::push_remote(c, b) {
+            (*(Chunk::owner(c) as *mut Heap)).pending.push(c);
+        }
     }
 }
 
@@ -1021,9 +1036,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 } else {
                     bump(&(*heap).frees[cls], 1);
                     bump(&(*heap).remote_frees, 1);
-                    if Chunk::push_remote(c, b) {
-                        (*owner).pending.push(c);
-                    }
+                    push_remote(c, b);
                 }
                 FreeResult::Done
             }
@@ -1220,17 +1233,10 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         let off = (*c).obj_offset;
-        let old_len = (*c).size;
         let Some(new_len) = os::align_up_checked(off + new_size, CHUNK_SIZE) else {
             return ptr::null_mut();
         };
         let old_size = (*c).obj_size;
-        if new_len == old_len {
-            (*c).obj_size = new_size;
-            GLOBALS.huge_bytes.fetch_add(new_size, Ordering::Relaxed);
-            GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
-            return p;
-        }
         // Objects aligned to 64 KiB or more would lose their alignment if
         // moved to a merely 64 KiB-aligned target: those resize in place or
         // the caller moves them itself.
