@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quick start"):
 #   1. every Rust test (unit, integration with chunkmalloc as the global
-#      allocator, doc tests);
+#      allocator, the test-hook race tests, doc tests);
 #   2. the preload library under LD_PRELOAD: the C conformance, stress,
 #      fork and budget programs, and real programs (python3, git, gcc,
 #      perl, sqlite3, ruby) compared with and without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-targets "$@"
+# The remote free parked at its worst moment (test-only hooks).
+cargo test -p chunkmalloc --features test-hooks --test remote_free_race "$@"
 cargo test --workspace --doc "$@"
 cargo build --release -p chunkmalloc-preload
 bash scripts/preload-tests.sh "$PWD/target/release/libchunkmalloc.so"

@@ -6,33 +6,28 @@
 //! * **slab**: blocks of one size class after the header. Blocks are handed
 //!   out from `free` (owner-only). Never-used blocks lie beyond the `bump`
 //!   cursor and are carved into `free` a page's worth at a time. Owner frees
-//!   go to `local_free`; frees from other threads go to the atomic
-//!   `remote_free` list, which the owner takes with one `swap(null)`.
+//!   go to `local_free`; frees from other threads go to the chunk's
+//!   [`RemoteList`] (one CAS; the full-chunk notification shares its word).
 //! * **large**: one object in an oversized, cacheable chunk.
 //! * **huge**: one object in its own mapping (not cached, `mremap`ped).
 //!
 //! The header's first cache line is the owner's; the second holds what
-//! other threads write (`remote_free`, `notify`, `link`).
+//! other threads write (`remote`, `link`).
 //!
-//! [`ChunkStack`] is the intrusive Treiber stack of chunks used by the
-//! provider's shared cache and the heap's pending list.
+//! [`ChunkStack`] is the intrusive stack of chunks used by the provider's
+//! shared cache and the heap's pending list.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::os;
+pub use crate::remote::{Block, RemoteList};
+use crate::stack::{Linked, Stack};
 
 /// Bytes reserved for the header at the start of every chunk; slab blocks
 /// start here. A multiple of 128 so blocks of 32/64/128-byte multiples are
 /// naturally aligned.
 pub const HEADER_SIZE: usize = crate::size_class::SLAB_HEADER;
-
-/// A free block: its first word links to the next.
-#[repr(C)]
-pub struct Block {
-    /// Next free block, or null.
-    pub next: *mut Block,
-}
 
 /// Flag: some blocks were handed out at an offset inside their block.
 pub const FLAG_ALIGNED: usize = 1;
@@ -43,20 +38,18 @@ pub const FLAG_NOT_SLAB: usize = 4;
 /// The flag bits of `Chunk::tag` (owners are 64-byte aligned heap records).
 pub const FLAG_MASK: usize = 7;
 
-/// Bit position of the length in `remote_free`. User-space addresses on
-/// x86-64 and AArch64 Linux are below 2^48 (the chunk map refuses chunks
-/// above), and a slab holds at most 4,088 blocks, so both fit.
-pub const REMOTE_COUNT_SHIFT: u32 = 48;
-const REMOTE_PTR_MASK: usize = (1 << REMOTE_COUNT_SHIFT) - 1;
-
-/// `notify`: nobody is waiting.
-pub const NOTIFY_NONE: u8 = 0;
-/// `notify`: the owner detached the chunk as full; the next remote free
-/// must queue it.
-pub const NOTIFY_WANT: u8 = 1;
-/// `notify`: a remote freer claimed the notification and queues (or has
-/// queued) the chunk on the owner's pending list.
-pub const NOTIFY_QUEUED: u8 = 2;
+/// What [`Chunk::mark_full`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MarkFull {
+    /// Detached (`FLAG_FULL`, notification armed): the chunk comes back
+    /// through the pending stack after the next remote free.
+    Detached,
+    /// Remote frees arrived: collect them and try the chunk again.
+    Retry,
+    /// The chunk is still on the pending stack from an earlier
+    /// notification: leave it attached; the pending stack brings it back.
+    Skip,
+}
 
 /// What a chunk currently is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -110,20 +103,12 @@ pub struct Chunk {
     pub next: *mut Chunk,
 
     // ---- line 1: shared ----
-    /// Blocks freed by other threads: a Treiber stack whose head word packs
-    /// the list length in its top 16 bits ([`REMOTE_COUNT_SHIFT`]) with the
-    /// head pointer below, so the owner takes the list *and* its length
-    /// with one `swap(0)` and never walks it. The length in the same word
-    /// as the pointer also means a CAS cannot succeed against a stale
-    /// length (no ABA on the count).
-    pub remote_free: AtomicUsize,
-    /// Notification state (`NOTIFY_*`): whether the owner detached the chunk
-    /// as full and wants the next remote free to queue it on its pending
-    /// list.
-    pub notify: AtomicU8,
+    /// Blocks freed by other threads, their count and the full-chunk
+    /// notification state, in one word (see [`crate::remote`]).
+    pub remote: RemoteList,
     /// The cached chunk's data pages are decommitted.
     pub decommitted: bool,
-    _pad1: [u8; 6],
+    _pad1: [u8; 7],
     /// Link for [`ChunkStack`]s and the global cache.
     pub link: AtomicPtr<Chunk>,
     /// Bytes of the chunk (or of the huge mapping).
@@ -175,10 +160,9 @@ impl Chunk {
             end: ptr::null_mut(),
             tag: AtomicUsize::new(FLAG_NOT_SLAB),
             next: ptr::null_mut(),
-            remote_free: AtomicUsize::new(0),
-            notify: AtomicU8::new(NOTIFY_NONE),
+            remote: RemoteList::new(),
             decommitted: false,
-            _pad1: [0; 6],
+            _pad1: [0; 7],
             link: AtomicPtr::new(ptr::null_mut()),
             size: 0,
             obj_offset: 0,
@@ -226,8 +210,7 @@ impl Chunk {
             (*c).tag.store(owner, Ordering::Relaxed);
             (*c).next = ptr::null_mut();
             (*c).prev = ptr::null_mut();
-            (*c).remote_free.store(0, Ordering::Relaxed);
-            (*c).notify.store(NOTIFY_NONE, Ordering::Relaxed);
+            (*c).remote.reset();
         }
     }
 
@@ -335,33 +318,54 @@ impl Chunk {
         }
     }
 
-    /// Takes every remote free into `free`. Returns the number taken;
-    /// `used` drops by that much. O(1) when `free` is empty (the list
-    /// becomes `free`); otherwise the shorter work of walking the remote
-    /// list to its tail.
+    /// Takes every remote free into `free`, leaving the notification
+    /// state as it is. Returns the number taken; `used` drops by that
+    /// much. O(1) when `free` is empty (the list becomes `free`);
+    /// otherwise the remote list is walked to its tail.
     ///
     /// # Safety
-    /// Owner only.
+    /// Owner only (or the holder of the owner heap's lock, on a chunk the
+    /// owner's lock-free paths do not touch).
     pub unsafe fn collect_remote(c: *mut Chunk) -> u32 {
-        // SAFETY: owner-only fields; the swapped-out list is ours alone.
+        // SAFETY: per the contract.
+        unsafe { Chunk::merge_remote(c, (*c).remote.take()) }
+    }
+
+    /// Takes every remote free of a chunk that came off its owner's
+    /// pending stack, and returns its notification state to `NONE`.
+    ///
+    /// # Safety
+    /// As [`Chunk::collect_remote`]; `c` was just taken off the pending stack.
+    pub unsafe fn collect_pending(c: *mut Chunk) -> u32 {
+        // SAFETY: per the contract.
         unsafe {
-            if (*c).remote_free.load(Ordering::Relaxed) == 0 {
+            let t = (*c).remote.take_and_clear();
+            debug_assert!(t.state == crate::remote::QUEUED);
+            Chunk::merge_remote(c, t)
+        }
+    }
+
+    /// Puts the blocks of `t` on `free`.
+    ///
+    /// # Safety
+    /// As [`Chunk::collect_remote`]; `t` was taken from `c`'s list.
+    unsafe fn merge_remote(c: *mut Chunk, t: crate::remote::Taken) -> u32 {
+        // SAFETY: owner-only fields; the taken list is ours alone.
+        unsafe {
+            if t.count == 0 {
                 return 0;
             }
-            let word = (*c).remote_free.swap(0, Ordering::Acquire);
-            let head = (word & REMOTE_PTR_MASK) as *mut Block;
-            let n = (word >> REMOTE_COUNT_SHIFT) as u32;
             if !(*c).free.is_null() {
-                let mut tail = head;
+                let mut tail = t.head;
                 while !(*tail).next.is_null() {
                     tail = (*tail).next;
                 }
                 (*tail).next = (*c).free;
             }
-            (*c).free = head;
+            (*c).free = t.head;
             (*c).free_is_zero = false;
-            (*c).used -= n;
-            n
+            (*c).used = (*c).used.wrapping_sub(t.count);
+            t.count
         }
     }
 
@@ -390,197 +394,70 @@ impl Chunk {
         }
     }
 
-    /// Pushes a block freed by a thread that does not own the chunk. Returns
-    /// true when the caller must put the chunk on its owner's pending list
-    /// (the owner detached it as full and asked to be told); exactly one
-    /// freer gets true per detachment.
+    /// Pushes a block freed by a thread that does not own the chunk.
+    /// Returns true when the caller must put the chunk on its owner's
+    /// pending stack (this free claimed the notification); exactly one
+    /// freer gets true per arming. When it returns false the caller must
+    /// not touch the chunk again (see [`crate::remote`]).
     ///
     /// # Safety
     /// `b` is a block of the live slab `c`, no longer used by the caller.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn push_remote(c: *mut Chunk, b: *mut Block) -> bool {
-        // SAFETY: `c` is live; `b` is ours to link until the CAS publishes it.
-        unsafe {
-            let list = &(*c).remote_free;
-            let mut word = list.load(Ordering::Relaxed);
-            loop {
-                (*b).next = (word & REMOTE_PTR_MASK) as *mut Block;
-                let new = (word & !REMOTE_PTR_MASK) + (1 << REMOTE_COUNT_SHIFT) + b as usize;
-                match list.compare_exchange_weak(word, new, Ordering::SeqCst, Ordering::Relaxed) {
-                    Ok(_) => break,
-                    Err(w) => word = w,
-                }
-            }
-            // Dekker pairing with `mark_full`: both sides store then load with
-            // SeqCst, so at least one of them sees the other.
-            (*c).notify.load(Ordering::SeqCst) == NOTIFY_WANT
-                && (*c)
-                    .notify
-                    .compare_exchange(
-                        NOTIFY_WANT,
-                        NOTIFY_QUEUED,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-        }
+        // SAFETY: per the contract.
+        unsafe { (*c).remote.push(b) }
     }
 
-    /// The owner detaches a full chunk. Returns true if the chunk is now
-    /// detached (`FLAG_FULL`) and will come back through the pending list
-    /// after the next remote free; false if remote frees arrived meanwhile
-    /// and the chunk should stay attached.
+    /// The owner detaches a chunk in which it found no free block: arms the
+    /// notification and sets `FLAG_FULL`, unless remote frees arrived
+    /// meanwhile or the chunk is still queued from an earlier notification.
     ///
     /// # Safety
     /// Owner only; the chunk is attached and not already full.
-    pub unsafe fn mark_full(c: *mut Chunk) -> bool {
-        // SAFETY: owner-only flag bits; `notify` is atomic.
+    pub unsafe fn mark_full(c: *mut Chunk) -> MarkFull {
+        // SAFETY: owner-only flag bits; the list word is atomic.
         unsafe {
-            (*c).notify.store(NOTIFY_WANT, Ordering::SeqCst);
-            if (*c).remote_free.load(Ordering::SeqCst) != 0
-                && (*c)
-                    .notify
-                    .compare_exchange(
-                        NOTIFY_WANT,
-                        NOTIFY_NONE,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                // We took the request back: nobody will queue the chunk, so
-                // keep it attached and collect now.
-                return false;
+            if (*c).remote.try_arm() {
+                Chunk::set_flags(c, FLAG_FULL);
+                MarkFull::Detached
+            } else if (*c).remote.has_blocks() {
+                MarkFull::Retry
+            } else {
+                MarkFull::Skip
             }
-            Chunk::set_flags(c, FLAG_FULL);
-            true
         }
     }
 
-    /// The owner wants a detached chunk back without waiting for the pending
-    /// list (a local free into it). Succeeds, clearing `FLAG_FULL`, unless a
-    /// remote freer already claimed the notification; then the chunk is or
-    /// will be on the pending list and must stay detached until the owner
-    /// sees it there.
+    /// The owner wants a detached chunk back without waiting for the
+    /// pending stack (a local free into it). Succeeds, clearing
+    /// `FLAG_FULL`, unless a remote freer already claimed the
+    /// notification; then the chunk is or will be on the pending stack and
+    /// must stay detached until the owner takes it from there.
     ///
     /// # Safety
     /// Owner only; `FLAG_FULL` is set.
     pub unsafe fn try_unfull(c: *mut Chunk) -> bool {
-        // SAFETY: owner-only flag bits; `notify` is atomic.
+        // SAFETY: owner-only flag bits; the list word is atomic.
         unsafe {
-            let ok = (*c)
-                .notify
-                .compare_exchange(
-                    NOTIFY_WANT,
-                    NOTIFY_NONE,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                )
-                .is_ok();
+            let ok = (*c).remote.try_disarm();
             if ok {
                 Chunk::clear_flags(c, FLAG_FULL);
             }
             ok
         }
     }
+}
 
-    /// The owner found the chunk on its pending list: it is attached again.
-    ///
-    /// # Safety
-    /// Owner only; the chunk came off the pending list.
-    pub unsafe fn unfull_from_pending(c: *mut Chunk) {
-        // SAFETY: owner-only flag bits; the freer that queued the chunk is done
-        // with `notify`.
-        unsafe {
-            debug_assert_eq!((*c).notify.load(Ordering::Relaxed), NOTIFY_QUEUED);
-            (*c).notify.store(NOTIFY_NONE, Ordering::Relaxed);
-            Chunk::clear_flags(c, FLAG_FULL);
-        }
+impl Linked for Chunk {
+    #[inline(always)]
+    fn link(&self) -> &AtomicPtr<Chunk> {
+        &self.link
     }
 }
 
-/// An intrusive Treiber stack of chunks linked through `Chunk::link`.
-///
-/// Any thread may [`push`](ChunkStack::push). Only the stack's owner may
-/// [`pop`](ChunkStack::pop) (the seed's single-popper rule): with one popper
-/// no node can be removed and re-pushed between the popper's load of
-/// `head` and its CAS, so there is no ABA, and pushers only write their own
-/// unpublished node. [`take_all`](ChunkStack::take_all) swaps the whole list
-/// out and is safe for any number of consumers.
-pub struct ChunkStack {
-    head: AtomicPtr<Chunk>,
-}
-
-impl ChunkStack {
-    /// An empty stack.
-    pub const fn new() -> Self {
-        ChunkStack {
-            head: AtomicPtr::new(ptr::null_mut()),
-        }
-    }
-
-    /// Whether the stack looked empty.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.head.load(Ordering::Relaxed).is_null()
-    }
-
-    /// Pushes `c`.
-    ///
-    /// # Safety
-    /// `c` is a live chunk on no other stack, and stays live until popped.
-    pub unsafe fn push(&self, c: *mut Chunk) {
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `c` is exclusively ours until the CAS publishes it.
-            unsafe { (*c).link.store(head, Ordering::Relaxed) };
-            match self
-                .head
-                .compare_exchange_weak(head, c, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
-    }
-
-    /// Pops one chunk.
-    ///
-    /// # Safety
-    /// Only the stack's single owner calls this (see the type docs).
-    pub unsafe fn pop(&self) -> *mut Chunk {
-        let mut head = self.head.load(Ordering::Acquire);
-        loop {
-            if head.is_null() {
-                return head;
-            }
-            // SAFETY: single popper: `head` cannot be removed by anyone else
-            // while we hold it, so it is still live and its link is stable.
-            let next = unsafe { (*head).link.load(Ordering::Relaxed) };
-            match self
-                .head
-                .compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return head,
-                Err(h) => head = h,
-            }
-        }
-    }
-
-    /// Takes the whole stack (a list linked through `link`, null-terminated).
-    pub fn take_all(&self) -> *mut Chunk {
-        if self.is_empty() {
-            return ptr::null_mut();
-        }
-        self.head.swap(ptr::null_mut(), Ordering::Acquire)
-    }
-}
-
-impl Default for ChunkStack {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The intrusive stack of chunks (linked through `Chunk::link`) that the
+/// provider's shared cache and the heap's pending list use.
+pub type ChunkStack = Stack<Chunk>;
 
 #[cfg(test)]
 mod tests {
@@ -599,7 +476,7 @@ mod tests {
         let c = new_chunk();
         // SAFETY: the test owns the chunk.
         unsafe {
-            Chunk::init_slab(c, 3, 64, 1);
+            Chunk::init_slab(c, 3, 64, 1 << 6);
             let mut seen = std::collections::HashSet::new();
             let mut blocks = Vec::new();
             while Chunk::refill(c) {
@@ -653,37 +530,54 @@ mod tests {
         let c = new_chunk();
         // SAFETY: the test owns the chunk; blocks are carved from it.
         unsafe {
-            Chunk::init_slab(c, 0, 16, 1);
+            Chunk::init_slab(c, 0, 16, 1 << 6);
             Chunk::extend(c);
             let b1 = (*c).free;
             let b2 = (*b1).next;
             (*c).free = ptr::null_mut();
             (*c).bump = (*c).end;
             (*c).used = 2;
-            assert!(Chunk::mark_full(c));
+            assert_eq!(Chunk::mark_full(c), MarkFull::Detached);
             assert!(Chunk::push_remote(c, b1), "first remote free notifies");
             assert!(!Chunk::push_remote(c, b2), "second does not");
             assert!(!Chunk::try_unfull(c), "a queued chunk stays detached");
-            Chunk::unfull_from_pending(c);
-            assert_eq!(Chunk::flags(c) & FLAG_FULL, 0);
-            assert_eq!(
-                (*c).remote_free.load(Ordering::Relaxed),
-                (2 << REMOTE_COUNT_SHIFT) + b2 as usize
-            );
+            // While queued, an attached refill takes blocks but keeps the
+            // state, so the chunk cannot be armed (and queued) twice.
+            let t = (*c).remote.peek();
+            assert_eq!((t.count, t.state), (2, crate::remote::QUEUED));
+            assert_eq!(t.head, b2);
+            assert_eq!(Chunk::collect_pending(c), 2);
+            assert_eq!((*c).used, 0);
+            assert_eq!((*c).remote.peek().state, crate::remote::NONE);
+            Chunk::clear_flags(c, FLAG_FULL);
             // Remote free before mark_full: the owner keeps the chunk.
-            assert!(!Chunk::mark_full(c));
+            (*c).free = ptr::null_mut();
+            (*c).used = 2;
+            assert!(!Chunk::push_remote(c, b1));
+            assert_eq!(Chunk::mark_full(c), MarkFull::Retry);
             assert_eq!(Chunk::flags(c) & FLAG_FULL, 0);
             // Detached, then a local free takes it back before any remote.
-            Chunk::collect_remote(c);
-            assert!(Chunk::mark_full(c));
+            assert_eq!(Chunk::collect_remote(c), 1);
+            (*c).free = ptr::null_mut();
+            assert_eq!(Chunk::mark_full(c), MarkFull::Detached);
             assert!(Chunk::try_unfull(c));
             assert!(!Chunk::push_remote(c, b1), "no one is waiting any more");
+            // Queued and refilled while attached: mark_full skips it.
+            assert_eq!(Chunk::collect_remote(c), 1);
+            (*c).free = ptr::null_mut();
+            assert_eq!(Chunk::mark_full(c), MarkFull::Detached);
+            assert!(Chunk::push_remote(c, b2));
+            assert!(!Chunk::try_unfull(c));
+            Chunk::clear_flags(c, FLAG_FULL);
+            assert_eq!(Chunk::collect_remote(c), 1);
+            (*c).free = ptr::null_mut();
+            assert_eq!(Chunk::mark_full(c), MarkFull::Skip);
             os::unmap(c.cast(), CHUNK_SIZE);
         }
     }
 
     #[test]
-    fn stack_push_from_many_threads_pop_by_one() {
+    fn stack_push_from_many_threads_take_by_any() {
         static S: ChunkStack = ChunkStack::new();
         let chunks: Vec<usize> = (0..64).map(|_| new_chunk() as usize).collect();
         let per = chunks.len() / 4;
@@ -692,28 +586,49 @@ mod tests {
             .map(|part| {
                 let part = part.to_vec();
                 std::thread::spawn(move || {
+                    let mut got = Vec::new();
                     for c in part {
                         // SAFETY: each chunk is pushed once, by one thread.
                         unsafe { S.push(c as *mut Chunk) };
+                        // Pushers also take the whole stack now and then.
+                        if c % 3 == 0 {
+                            got.extend(drain(S.take_all()));
+                        }
                     }
+                    got
                 })
             })
             .collect();
         let mut popped = std::collections::HashSet::new();
-        // Pop concurrently with the pushers (this thread is the only popper).
         while popped.len() < chunks.len() {
-            // SAFETY: this thread is the single popper.
-            let c = unsafe { S.pop() };
-            if !c.is_null() {
-                assert!(popped.insert(c as usize));
+            for c in drain(S.take_all()) {
+                assert!(popped.insert(c));
+            }
+            if hs.iter().all(|h| h.is_finished()) {
+                break;
             }
         }
         for h in hs {
-            h.join().unwrap();
+            for c in h.join().unwrap() {
+                assert!(popped.insert(c), "no chunk is taken twice");
+            }
         }
-        assert!(S.take_all().is_null());
+        for c in drain(S.take_all()) {
+            assert!(popped.insert(c));
+        }
+        assert_eq!(popped.len(), chunks.len(), "no chunk is lost");
         for c in chunks {
             os::unmap(c as *mut u8, CHUNK_SIZE);
         }
+    }
+
+    fn drain(mut c: *mut Chunk) -> Vec<usize> {
+        let mut v = Vec::new();
+        while !c.is_null() {
+            v.push(c as usize);
+            // SAFETY: a taken list is ours; links were set by push.
+            c = unsafe { (*c).link.load(Ordering::Relaxed) };
+        }
+        v
     }
 }

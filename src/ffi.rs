@@ -28,6 +28,7 @@ use crate::thread;
 /// `.preinit_array` function) and found nothing to read.
 extern "C" fn read_settings_at_load() {
     crate::config::init();
+    crate::thread::init_at_load();
 }
 
 #[used]

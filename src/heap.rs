@@ -1,13 +1,20 @@
 //! The heap: one per thread, owning size-class bins of slab chunks and a
 //! [`Provider`].
 //!
-//! Owns the malloc and free fast paths, the collection of remote frees,
-//! large (oversized-chunk) and huge (own mapping) objects, and the heap
-//! lifecycle: every heap record lives in memory mapped for it and is never
-//! freed; a heap whose thread exits is *abandoned* (its chunks stay valid,
-//! remote frees into them still work) and the next thread that needs a
-//! heap adopts it whole. So the number of heap records is bounded by the
-//! peak number of threads alive at once, whatever the thread churn.
+//! Owns what one heap does: the malloc and free fast paths, the collection
+//! of remote frees and of the pending stack, large (oversized-chunk) and
+//! huge (own mapping) objects, realloc, and the work a reclaiming thread
+//! may do on a heap it has locked. The set of heaps (records, abandonment,
+//! adoption, sweeps, reclamation across heaps) is `registry`'s.
+//!
+//! Concurrency: the owner's fast paths (pop from `current`, push on an
+//! attached chunk's `local_free`) take no lock. Everything else that
+//! touches a heap's bins, pending stack or provider runs under the heap's
+//! `lock`: the owner takes it on its slow paths, and another thread takes
+//! it to reclaim from an idle or dead heap. A lock holder that is not the
+//! owner may touch only what the owner's lock-free paths never touch:
+//! detached (full) chunks, the provider's lists, and, for an abandoned
+//! heap, everything.
 //!
 //! Which heap a thread uses is decided above, in `thread`; every function
 //! here takes the heap explicitly. Functions that need a real heap return
@@ -15,17 +22,17 @@
 //! and retries.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::chunk::{
-    Block, Chunk, ChunkStack, Kind, EMPTY_CHUNK, FLAG_ALIGNED, FLAG_FULL, FLAG_MASK, FLAG_NOT_SLAB,
-    HEADER_SIZE,
+    Block, Chunk, ChunkStack, Kind, MarkFull, EMPTY_CHUNK, FLAG_ALIGNED, FLAG_FULL, FLAG_MASK,
+    FLAG_NOT_SLAB, HEADER_SIZE,
 };
 use crate::chunk_map;
-use crate::config;
 use crate::os::{self, OsPages};
-use crate::provider::{Provider, GLOBAL_CACHE};
+use crate::provider::{mark_cached, Provider, GLOBAL_CACHE};
+use crate::registry;
 use crate::size_class::{
     chunk_class_of, class_of, class_size, slab_chunk_size, CHUNK_SIZE, MAX_CHUNK_CLASS_SIZE,
     MAX_SMALL, NUM_CLASSES,
@@ -46,6 +53,9 @@ pub const STATE_ORPHANED: u8 = 3;
 /// Heap state: the static empty heap.
 const STATE_EMPTY: u8 = 0;
 
+/// Slow-path entries between two housekeeping ticks (`registry::tick`).
+const TICK_EVERY: usize = 16;
+
 #[derive(Clone, Copy)]
 struct Bin {
     first: *mut Chunk,
@@ -64,12 +74,25 @@ pub struct Heap {
     frees: [AtomicUsize; NUM_CLASSES],
     /// Per class, the attached slab chunks (first = current).
     bins: [Bin; NUM_CLASSES],
-    /// Full chunks that received a remote free.
-    pending: ChunkStack,
+    /// Chunks whose notification a remote free claimed (detached full
+    /// chunks; in an abandoned heap, any chunk).
+    pub(crate) pending: ChunkStack,
     /// The chunk source.
-    provider: Provider<OsPages>,
+    pub(crate) provider: Provider<OsPages>,
+    /// Held by the owner on its slow paths and by a thread reclaiming
+    /// from this heap.
+    pub(crate) lock: SpinLock,
     /// `STATE_*`.
-    state: AtomicU8,
+    pub(crate) state: AtomicU8,
+    /// The owning thread's process and thread ids (for the check that a
+    /// live heap's thread still exists, `registry`).
+    pub(crate) pid: AtomicI32,
+    pub(crate) tid: AtomicI32,
+    /// Slow-path entries (owner-written): paces housekeeping, and tells a
+    /// sweeper whether the heap was active since its last look.
+    pub(crate) slow_entries: AtomicUsize,
+    /// `slow_entries` as the last sweeper saw it (under `lock`).
+    pub(crate) swept_entries: AtomicUsize,
     /// Large-object bytes allocated / freed by this heap's thread.
     large_alloc_bytes: AtomicUsize,
     large_free_bytes: AtomicUsize,
@@ -79,16 +102,16 @@ pub struct Heap {
     slab_chunks: AtomicUsize,
     large_chunks: AtomicUsize,
     /// Next heap in the registry of all heaps (set once, before publishing).
-    all_next: *mut Heap,
-    /// Next heap on the abandoned list (under `REGISTRY.lock`).
-    abandoned_next: *mut Heap,
+    pub(crate) all_next: *mut Heap,
+    /// Next heap on the abandoned list (under the registry lock).
+    pub(crate) abandoned_next: *mut Heap,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicUsize = AtomicUsize::new(0);
 
 impl Heap {
-    const fn new(current: *mut Chunk, state: u8) -> Heap {
+    pub(crate) const fn new(current: *mut Chunk, state: u8) -> Heap {
         Heap {
             current: [current; NUM_CLASSES],
             allocs: [ZERO; NUM_CLASSES],
@@ -99,7 +122,12 @@ impl Heap {
             }; NUM_CLASSES],
             pending: ChunkStack::new(),
             provider: Provider::new(OsPages, &budget::GLOBAL, &GLOBAL_CACHE),
+            lock: SpinLock::new(),
             state: AtomicU8::new(state),
+            pid: AtomicI32::new(0),
+            tid: AtomicI32::new(0),
+            slow_entries: ZERO,
+            swept_entries: ZERO,
             large_alloc_bytes: ZERO,
             large_free_bytes: ZERO,
             remote_frees: ZERO,
@@ -132,7 +160,8 @@ pub struct EmptyHeap(Heap);
 
 // SAFETY: EMPTY_HEAP and DEAD_HEAP are never written: every path that would write a heap
 // checks `is_empty` first (slow paths) or cannot reach it (no chunk is
-// owned by it, so the owner fast path never matches).
+// owned by it, so the owner fast path never matches). They are not in the
+// registry, so no reclaiming thread locks them.
 unsafe impl Sync for EmptyHeap {}
 
 impl EmptyHeap {
@@ -150,198 +179,14 @@ pub fn is_empty(heap: *mut Heap) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Registry of heap records.
-// ---------------------------------------------------------------------------
-
-struct Registry {
-    lock: SpinLock,
-    /// Every heap ever created (a push-only list, readable without the lock).
-    all: AtomicPtr<Heap>,
-    /// Abandoned heaps (under `lock`).
-    abandoned: core::cell::UnsafeCell<*mut Heap>,
-    abandoned_count: AtomicUsize,
-    /// Unused space for heap records (under `lock`).
-    carve: core::cell::UnsafeCell<(usize, usize)>,
-}
-
-// SAFETY: the UnsafeCell fields are only touched with `lock` held.
-unsafe impl Sync for Registry {}
-
-static REGISTRY: Registry = Registry {
-    lock: SpinLock::new(),
-    all: AtomicPtr::new(ptr::null_mut()),
-    abandoned: core::cell::UnsafeCell::new(ptr::null_mut()),
-    abandoned_count: AtomicUsize::new(0),
-    carve: core::cell::UnsafeCell::new((0, 0)),
-};
-
-/// Bytes mapped at a time for heap records.
-const RECORD_REGION: usize = 256 * 1024;
-
-/// The global locks, in the order `fork`'s prepare handler takes them.
-pub(crate) fn global_locks() -> [&'static SpinLock; 2] {
-    [&REGISTRY.lock, GLOBAL_CACHE.lock()]
-}
-
-/// A heap for a thread: an abandoned one if any (adopted whole), else a
-/// new record. Null if no memory can be had.
-pub fn acquire() -> *mut Heap {
-    REGISTRY.lock.lock();
-    // SAFETY: lock held for the abandoned list and the carve region.
-    let heap = unsafe {
-        let ab = &mut *REGISTRY.abandoned.get();
-        if !ab.is_null() {
-            let h = *ab;
-            *ab = (*h).abandoned_next;
-            REGISTRY.abandoned_count.fetch_sub(1, Ordering::Relaxed);
-            h
-        } else {
-            new_record()
-        }
-    };
-    REGISTRY.lock.unlock();
-    if !heap.is_null() {
-        // SAFETY: the heap is ours now; the lock hand-off ordered the
-        // previous owner's writes before ours.
-        unsafe { (*heap).state.store(STATE_LIVE, Ordering::Release) };
-    }
-    heap
-}
-
-/// Carves a new heap record. Lock held by the caller.
-unsafe fn new_record() -> *mut Heap {
-    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
-    // SAFETY: lock held by the caller.
-    let carve = unsafe { &mut *REGISTRY.carve.get() };
-    if carve.1 - carve.0 < size {
-        if !budget::GLOBAL.try_reserve(RECORD_REGION) {
-            return ptr::null_mut();
-        }
-        let p = os::map_aligned(RECORD_REGION, os::page_size(), 0);
-        if p.is_null() {
-            budget::GLOBAL.release(RECORD_REGION);
-            return p.cast();
-        }
-        *carve = (p as usize, p as usize + RECORD_REGION);
-    }
-    let h = carve.0 as *mut Heap;
-    carve.0 += size;
-    // SAFETY: `h` is fresh, exclusively owned, aligned memory of `size`.
-    unsafe {
-        h.write(Heap::new(EMPTY_CHUNK.as_ptr(), STATE_LIVE));
-        // Publish on the all-heaps list (push-only, so readers can walk it
-        // without the lock).
-        let mut head = REGISTRY.all.load(Ordering::Relaxed);
-        loop {
-            (*h).all_next = head;
-            match REGISTRY
-                .all
-                .compare_exchange_weak(head, h, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(x) => head = x,
-            }
-        }
-    }
-    h
-}
-
-/// Abandons a heap whose thread is exiting: frees what can be freed, hands
-/// cached chunks to the global cache and puts the heap on the abandoned
-/// list for the next thread.
-///
-/// # Safety
-/// Called by the heap's owner thread, which never uses it again.
-pub unsafe fn abandon(heap: *mut Heap) {
-    if is_empty(heap) {
-        return;
-    }
-    // SAFETY: owner thread.
-    unsafe {
-        collect(heap, true);
-        (*heap).provider.flush();
-        (*heap).state.store(STATE_ABANDONED, Ordering::Release);
-    }
-    REGISTRY.lock.lock();
-    // SAFETY: lock held.
-    unsafe {
-        let ab = &mut *REGISTRY.abandoned.get();
-        (*heap).abandoned_next = *ab;
-        *ab = heap;
-    }
-    REGISTRY.abandoned_count.fetch_add(1, Ordering::Relaxed);
-    REGISTRY.lock.unlock();
-}
-
-/// Collects every abandoned heap: remote frees that reached them since
-/// their threads exited are taken back, empty chunks go to the global
-/// cache. Each heap is taken off the abandoned list while it is worked on,
-/// so the calling thread is its only owner meanwhile. Returns the number
-/// of heaps collected.
-pub fn collect_abandoned() -> usize {
-    REGISTRY.lock.lock();
-    // SAFETY: lock held.
-    let list = unsafe { core::mem::replace(&mut *REGISTRY.abandoned.get(), ptr::null_mut()) };
-    REGISTRY.lock.unlock();
-    let mut n = 0;
-    let mut h = list;
-    let mut last = ptr::null_mut::<Heap>();
-    while !h.is_null() {
-        // SAFETY: the heap is off the list, so this thread owns it until it
-        // is pushed back below; its former thread has exited.
-        unsafe {
-            collect(h, true);
-            (*h).provider.flush();
-            last = h;
-            h = (*h).abandoned_next;
-        }
-        n += 1;
-    }
-    if !last.is_null() {
-        REGISTRY.lock.lock();
-        // SAFETY: lock held; `list..=last` is our private chain.
-        unsafe {
-            let ab = &mut *REGISTRY.abandoned.get();
-            (*last).abandoned_next = *ab;
-            *ab = list;
-        }
-        REGISTRY.lock.unlock();
-    }
-    n
-}
-
-/// In a `fork` child: every heap that was live in another thread is
-/// orphaned (its thread does not exist here, and it may have been
-/// mid-operation, so it is never reused). Remote frees into its chunks stay
-/// valid; their memory is not reused in the child.
-pub(crate) fn orphan_others(keep: *mut Heap) {
-    let mut h = REGISTRY.all.load(Ordering::Acquire);
-    while !h.is_null() {
-        if h != keep {
-            // SAFETY: records are never freed; `state` is atomic.
-            unsafe {
-                let _ = (*h).state.compare_exchange(
-                    STATE_LIVE,
-                    STATE_ORPHANED,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
-            }
-        }
-        // SAFETY: `all_next` is set before publication and never changed.
-        h = unsafe { (*h).all_next };
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Bins.
 // ---------------------------------------------------------------------------
 
 /// # Safety
-/// Owner only; `c` is on no bin.
+/// Owner with the heap lock; `c` is on no bin.
 #[inline]
 unsafe fn bin_push_front(heap: *mut Heap, cls: usize, c: *mut Chunk) {
-    // SAFETY: owner-only bin links.
+    // SAFETY: bin links are touched only under the heap lock.
     unsafe {
         let bin = &mut (*heap).bins[cls];
         (*c).prev = ptr::null_mut();
@@ -357,9 +202,9 @@ unsafe fn bin_push_front(heap: *mut Heap, cls: usize, c: *mut Chunk) {
 }
 
 /// # Safety
-/// Owner only; `c` is on no bin.
+/// Owner with the heap lock; `c` is on no bin.
 unsafe fn bin_push_back(heap: *mut Heap, cls: usize, c: *mut Chunk) {
-    // SAFETY: owner-only bin links.
+    // SAFETY: bin links are touched only under the heap lock.
     unsafe {
         let bin = &mut (*heap).bins[cls];
         if bin.first.is_null() {
@@ -374,9 +219,10 @@ unsafe fn bin_push_back(heap: *mut Heap, cls: usize, c: *mut Chunk) {
 }
 
 /// # Safety
-/// Owner only; `c` is on bin `cls`.
+/// Owner with the heap lock (or a lock holder on an abandoned heap); `c`
+/// is on bin `cls`.
 unsafe fn bin_remove(heap: *mut Heap, cls: usize, c: *mut Chunk) {
-    // SAFETY: owner-only bin links.
+    // SAFETY: bin links are touched only under the heap lock.
     unsafe {
         let bin = &mut (*heap).bins[cls];
         if (*c).prev.is_null() {
@@ -402,37 +248,46 @@ unsafe fn bin_remove(heap: *mut Heap, cls: usize, c: *mut Chunk) {
 /// Returns an empty slab chunk to the provider.
 ///
 /// # Safety
-/// Owner only; `c` has no live blocks and is on no bin or pending list.
+/// Owner with the heap lock; `c` has no live blocks and is on no bin or
+/// pending list.
 unsafe fn retire(heap: *mut Heap, c: *mut Chunk) {
-    // SAFETY: owner-only; the chunk is unreferenced.
+    // SAFETY: heap lock held; the chunk is unreferenced.
     unsafe {
         bump(&(*heap).slab_chunks, usize::MAX);
         (*heap).provider.release(c);
-        let now = os::now_ms();
-        (*heap).provider.maintain(now);
-        sweep_abandoned(now);
+        (*heap).provider.maintain(os::now_ms());
     }
 }
 
-/// When the next sweep of abandoned heaps is due (ms).
-static NEXT_SWEEP_MS: AtomicU64 = AtomicU64::new(0);
-
-/// Every ten purge delays (at least 50 ms), on some thread's chunk-level
-/// slow path, collects the abandoned heaps: blocks freed into them after
-/// their threads exited are taken back and emptied chunks reach the global
-/// cache (and then the OS), so memory does not wait for a new thread to
-/// adopt the heap.
-fn sweep_abandoned(now: u64) {
-    let next = NEXT_SWEEP_MS.load(Ordering::Relaxed);
-    if now < next || REGISTRY.abandoned_count.load(Ordering::Relaxed) == 0 {
-        return;
+/// Returns an empty slab chunk of `heap` straight to the global cache: what
+/// a thread that is not the owner does (it must not grow the owner's
+/// private cache, which only the owner would flush).
+///
+/// # Safety
+/// The caller holds `heap`'s lock; `c` has no live blocks and is on no
+/// bin or pending list.
+unsafe fn retire_to_global(heap: *mut Heap, c: *mut Chunk) {
+    // SAFETY: per the contract.
+    unsafe {
+        bump(&(*heap).slab_chunks, usize::MAX);
+        mark_cached(c);
+        GLOBAL_CACHE.push_list(c, os::now_ms());
     }
-    let interval = (config::purge_delay_ms() * 10).max(50);
-    if NEXT_SWEEP_MS
-        .compare_exchange(next, now + interval, Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
-    {
-        collect_abandoned();
+}
+
+/// Counts a slow-path entry; every [`TICK_EVERY`]th runs the registry's
+/// housekeeping (purge due caches, sweep idle and dead heaps).
+///
+/// # Safety
+/// Owner thread of a real heap, not holding its lock.
+#[inline]
+unsafe fn tick(heap: *mut Heap) {
+    // SAFETY: owner-written counter.
+    let n = unsafe { (*heap).slow_entries.load(Ordering::Relaxed) } + 1;
+    // SAFETY: as above.
+    unsafe { (*heap).slow_entries.store(n, Ordering::Relaxed) };
+    if n % TICK_EVERY == 0 {
+        registry::tick(heap);
     }
 }
 
@@ -491,30 +346,33 @@ unsafe fn alloc_slow(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
     }
     // SAFETY: owner thread of a real heap.
     unsafe {
-        if !(*heap).pending.is_empty() {
-            process_pending(heap);
-        }
-        // Common case: the current chunk's own frees refill it.
+        tick(heap);
+        // Common case: the current chunk's own frees refill it (no lock:
+        // only the owner touches an attached chunk's lists).
         let c = (*heap).current[cls];
-        if !(*c).local_free.is_null() {
+        if !(*c).local_free.is_null() && (*heap).pending.is_empty() {
             (*c).free = (*c).local_free;
             (*c).local_free = ptr::null_mut();
             (*c).free_is_zero = false;
             return alloc_class(heap, cls, zero);
         }
-        alloc_generic(heap, cls, zero)
+        (*heap).lock.lock();
+        process_pending(heap);
+        let p = alloc_generic(heap, cls, zero);
+        (*heap).lock.unlock();
+        p
     }
 }
 
 /// Walks the bin for a chunk with free blocks, detaching full ones, and
-/// takes a new chunk from the provider when none has any.
+/// takes a new chunk when none has any.
 ///
 /// # Safety
-/// Owner thread of a real heap.
+/// Owner thread of a real heap, holding its lock.
 #[cold]
 #[inline(never)]
 unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
-    // SAFETY: owner thread of a real heap.
+    // SAFETY: owner thread of a real heap, lock held.
     unsafe {
         let mut c = (*heap).bins[cls].first;
         while !c.is_null() {
@@ -526,15 +384,19 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
                 return alloc_class(heap, cls, zero);
             }
             let next = (*c).next;
-            if Chunk::mark_full(c) {
-                bin_remove(heap, cls, c);
-                c = next;
+            match Chunk::mark_full(c) {
+                MarkFull::Detached => {
+                    bin_remove(heap, cls, c);
+                    c = next;
+                }
+                // Remote frees arrived: the next refill collects them.
+                MarkFull::Retry => {}
+                // Still queued from an earlier notification: it comes back
+                // through the pending stack.
+                MarkFull::Skip => c = next,
             }
-            // else: remote frees arrived; the next refill collects them.
         }
-        let c = (*heap)
-            .provider
-            .acquire(chunk_class_of(slab_chunk_size(cls)));
+        let c = acquire_chunk(heap, chunk_class_of(slab_chunk_size(cls)));
         if c.is_null() {
             return ptr::null_mut();
         }
@@ -543,6 +405,51 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
         bin_push_front(heap, cls, c);
         Chunk::extend(c);
         alloc_class(heap, cls, zero)
+    }
+}
+
+/// A free chunk of chunk class `cls` for `heap`: from its own provider,
+/// then the global cache, then what abandoned heaps hold, then the OS; when
+/// the budget (or the OS) refuses, after giving back every cache and
+/// reclaiming from idle heaps. Null if nothing can be had.
+///
+/// # Safety
+/// Owner thread of a real heap, holding its lock.
+unsafe fn acquire_chunk(heap: *mut Heap, cls: usize) -> *mut Chunk {
+    // SAFETY: lock held, per the contract.
+    unsafe {
+        let p = &(*heap).provider;
+        let c = p.acquire(cls);
+        if !c.is_null() {
+            return c;
+        }
+        p.maintain(os::now_ms());
+        for attempt in 0..2 {
+            let c = p.acquire_global(cls);
+            if !c.is_null() {
+                return c;
+            }
+            // Free chunks in dead threads' heaps come before new memory.
+            if attempt == 0 && registry::reclaim_abandoned(heap) {
+                let c = p.acquire_global(cls);
+                if !c.is_null() {
+                    return c;
+                }
+            }
+            let c = p.map_new(cls);
+            if !c.is_null() {
+                return c;
+            }
+            if attempt == 0 {
+                // Out of budget (or address space): give back our caches
+                // and whatever idle heaps hold (without waiting for a heap
+                // whose lock is held: we hold ours), decommit the global
+                // cache, and try once more.
+                registry::reclaim_all(heap, false, true);
+                p.relieve();
+            }
+        }
+        ptr::null_mut()
     }
 }
 
@@ -659,7 +566,10 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
         }
         // SAFETY: owner thread of a real heap; the chunk is ours.
         unsafe {
-            let c = (*heap).provider.acquire(chunk_class_of(footprint));
+            tick(heap);
+            (*heap).lock.lock();
+            let c = acquire_chunk(heap, chunk_class_of(footprint));
+            (*heap).lock.unlock();
             if c.is_null() {
                 return c.cast();
             }
@@ -899,7 +809,7 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
                 GLOBALS
                     .heapless_freed_bytes
                     .fetch_add(class_size((*c).class as usize), Ordering::Relaxed);
-                push_remote(c, p.cast());
+                push_remote(c, Chunk::owner(c) as *mut Heap, p.cast());
                 FreeResult::Done
             }
             // Large and huge frees need no heap (`free_slow` counts them
@@ -931,10 +841,12 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
             // `class` < NUM_CLASSES for every slab (set by `init_slab`).
             let cls = (*c).class as usize;
             bump((*heap).frees.get_unchecked(cls), 1);
-            let used = (*c).used - 1;
+            let used = (*c).used.wrapping_sub(1);
             (*c).used = used;
-            if used == 0 && *(*heap).current.get_unchecked(cls) != c {
-                free_empty(heap, c);
+            // One compare catches both the chunk's last block (0) and a
+            // free into a chunk with no block out (wrapped): a double free.
+            if used.wrapping_sub(1) >= crate::size_class::MAX_SLAB_BLOCKS {
+                return free_last(heap, c, b);
             }
             return FreeResult::Done;
         }
@@ -942,6 +854,37 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
             return free_remote(heap, c, p);
         }
         free_slow(heap, c, p)
+    }
+}
+
+/// The local free that left a chunk with no block out, or one that found
+/// none out (a double free, undone and reported as `Invalid`).
+///
+/// # Safety
+/// Owner thread; `b` was just pushed on the attached slab `c`'s
+/// `local_free` and `used` decremented.
+#[cold]
+#[inline(never)]
+unsafe fn free_last(heap: *mut Heap, c: *mut Chunk, b: *mut Block) -> FreeResult {
+    // SAFETY: owner thread; attached chunk.
+    unsafe {
+        let cls = (*c).class as usize;
+        if (*c).used != 0 {
+            // Nothing was out: take the push back and report.
+            (*c).local_free = (*b).next;
+            (*c).used = 0;
+            bump(&(*heap).frees[cls], usize::MAX);
+            return FreeResult::Invalid;
+        }
+        if (*heap).current[cls] != c {
+            // The current chunk is kept so an alloc/free loop does not
+            // thrash the provider; any other emptied chunk is retired.
+            (*heap).lock.lock();
+            bin_remove(heap, cls, c);
+            retire(heap, c);
+            (*heap).lock.unlock();
+        }
+        FreeResult::Done
     }
 }
 
@@ -963,39 +906,30 @@ unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult 
         }
         bump((*heap).frees.get_unchecked((*c).class as usize), 1);
         bump(&(*heap).remote_frees, 1);
-        push_remote(c, p.cast());
+        push_remote(c, owner, p.cast());
         FreeResult::Done
     }
 }
 
-/// Pushes a block on another heap's chunk and, when the chunk was detached
-/// as full and this free is the one to say so, queues it on its owner's
-/// pending list.
+/// Pushes a block on another heap's chunk and, when this free claimed the
+/// chunk's notification, queues the chunk on its owner's pending stack.
+/// `owner` is read by the caller before the push: once the push is done
+/// the chunk may be retired (unless this free claimed the notification,
+/// which keeps it until it is on the pending stack), so nothing of it is
+/// read afterwards.
 ///
 /// # Safety
-/// As [`Chunk::push_remote`]; the caller does not own `c`.
+/// As [`Chunk::push_remote`]; `owner` is `c`'s owner, not the caller.
 #[inline]
-unsafe fn push_remote(c: *mut Chunk, b: *mut Block) {
-    // SAFETY: per the contract; the owner heap record is never freed.
+unsafe fn push_remote(c: *mut Chunk, owner: *mut Heap, b: *mut Block) {
+    // SAFETY: per the contract; heap records are never freed.
     unsafe {
-        if Chunk::push_remote(c, b) {
-            (*(Chunk::owner(c) as *mut Heap)).pending.push(c);
+        let notify = Chunk::push_remote(c, b);
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
+        if notify {
+            (*owner).pending.push(c);
         }
-    }
-}
-
-/// A local free emptied a chunk that is not its bin's current chunk (the
-/// current one is kept so an alloc/free loop does not thrash the
-/// provider): retire it.
-///
-/// # Safety
-/// Owner thread; `c` is an attached slab of `heap` with no live blocks.
-#[cold]
-unsafe fn free_empty(heap: *mut Heap, c: *mut Chunk) {
-    // SAFETY: owner thread.
-    unsafe {
-        bin_remove(heap, (*c).class as usize, c);
-        retire(heap, c);
     }
 }
 
@@ -1014,29 +948,19 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 let owner = Chunk::owner(c) as *mut Heap;
                 let cls = (*c).class as usize;
                 if owner == heap {
-                    // Local free into a full (detached) or aligned chunk.
-                    (*b).next = (*c).local_free;
-                    (*c).local_free = b;
-                    (*c).used -= 1;
-                    bump(&(*heap).frees[cls], 1);
-                    if Chunk::flags(c) & FLAG_FULL != 0 {
-                        if Chunk::try_unfull(c) {
-                            if (*c).used == 0 {
-                                retire(heap, c);
-                            } else {
-                                bin_push_back(heap, cls, c);
-                            }
-                        }
-                        // else: queued on our pending list; handled there.
-                    } else if (*c).used == 0 && (*heap).current[cls] != c {
-                        free_empty(heap, c);
-                    }
+                    // Local free into a full (detached) or aligned chunk:
+                    // under the lock, as a reclaiming thread may be looking
+                    // at a detached chunk.
+                    (*heap).lock.lock();
+                    let r = free_local_slow(heap, c, b, cls);
+                    (*heap).lock.unlock();
+                    return r;
                 } else if is_empty(heap) {
                     return FreeResult::NeedsHeap;
                 } else {
                     bump(&(*heap).frees[cls], 1);
                     bump(&(*heap).remote_frees, 1);
-                    push_remote(c, b);
+                    push_remote(c, owner, b);
                 }
                 FreeResult::Done
             }
@@ -1057,8 +981,10 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 // fine on this rare path.
                 (*owner).large_chunks.fetch_sub(1, Ordering::Relaxed);
                 if owner == heap {
+                    (*heap).lock.lock();
                     (*heap).provider.release(c);
                     (*heap).provider.maintain(os::now_ms());
+                    (*heap).lock.unlock();
                 } else {
                     (*owner).provider.push_shared(c);
                 }
@@ -1084,24 +1010,118 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
     }
 }
 
-/// Takes back full chunks that received remote frees.
+/// The owner frees block `b` into its own full (detached) or aligned slab.
 ///
 /// # Safety
-/// Owner thread of a real heap.
-unsafe fn process_pending(heap: *mut Heap) {
-    // SAFETY: owner thread; chunks on our pending list are ours and detached.
+/// Owner thread holding the heap lock; `b` is a block of `c`, of class `cls`.
+unsafe fn free_local_slow(heap: *mut Heap, c: *mut Chunk, b: *mut Block, cls: usize) -> FreeResult {
+    // SAFETY: per the contract.
     unsafe {
+        if (*c).used == 0 {
+            // Nothing is out of this chunk: a double free.
+            return FreeResult::Invalid;
+        }
+        (*b).next = (*c).local_free;
+        (*c).local_free = b;
+        (*c).used -= 1;
+        bump(&(*heap).frees[cls], 1);
+        if Chunk::flags(c) & FLAG_FULL != 0 {
+            if Chunk::try_unfull(c) {
+                if (*c).used == 0 {
+                    retire(heap, c);
+                } else {
+                    bin_push_back(heap, cls, c);
+                }
+            }
+            // else: queued on our pending list; handled there.
+        } else if (*c).used == 0 && (*heap).current[cls] != c {
+            bin_remove(heap, cls, c);
+            retire(heap, c);
+        }
+        FreeResult::Done
+    }
+}
+
+/// Takes back the chunks on the pending stack (their notification was
+/// claimed by a remote free): collects their remote frees, reattaches
+/// or retires detached ones, and for an abandoned heap (whose attached
+/// chunks are all armed) retires emptied chunks and arms the rest again.
+///
+/// # Safety
+/// The heap's owner holding its lock, or a thread holding the lock of an
+/// abandoned heap.
+pub(crate) unsafe fn process_pending(heap: *mut Heap) {
+    // SAFETY: per the contract; chunks on the pending stack are this heap's.
+    unsafe {
+        if (*heap).pending.is_empty() {
+            return;
+        }
+        let abandoned = (*heap).state.load(Ordering::Relaxed) == STATE_ABANDONED;
         let mut c = (*heap).pending.take_all();
         while !c.is_null() {
             let next = (*c).link.load(Ordering::Relaxed);
-            Chunk::unfull_from_pending(c);
-            Chunk::collect_remote(c);
-            if (*c).used == 0 {
-                retire(heap, c);
-            } else {
-                bin_push_back(heap, (*c).class as usize, c);
+            Chunk::collect_pending(c);
+            let cls = (*c).class as usize;
+            if Chunk::flags(c) & FLAG_FULL != 0 {
+                Chunk::clear_flags(c, FLAG_FULL);
+                if (*c).used == 0 {
+                    retire_any(heap, c, abandoned);
+                } else {
+                    bin_push_back(heap, cls, c);
+                    if abandoned {
+                        arm(heap, c);
+                    }
+                }
+            } else if (*c).used == 0 && (abandoned || (*heap).bins[cls].first != c) {
+                bin_remove(heap, cls, c);
+                retire_any(heap, c, abandoned);
+            } else if abandoned {
+                arm(heap, c);
             }
             c = next;
+        }
+    }
+}
+
+/// Retires through the provider (owner) or to the global cache (a thread
+/// working on an abandoned heap).
+///
+/// # Safety
+/// As [`retire`] / [`retire_to_global`].
+unsafe fn retire_any(heap: *mut Heap, c: *mut Chunk, abandoned: bool) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if abandoned {
+            retire_to_global(heap, c);
+        } else {
+            retire(heap, c);
+        }
+    }
+}
+
+/// Arms the notification of an attached chunk of an abandoned heap, so
+/// the next remote free queues it on the pending stack; a chunk that got
+/// remote frees meanwhile is collected (and retired once empty) first.
+///
+/// # Safety
+/// The lock holder of an abandoned heap; `c` is on bin `c.class`.
+unsafe fn arm(heap: *mut Heap, c: *mut Chunk) {
+    // SAFETY: per the contract.
+    unsafe {
+        loop {
+            if (*c).remote.try_arm() {
+                return;
+            }
+            if !(*c).remote.has_blocks() {
+                // Already queued (on the pending stack): it comes back there.
+                return;
+            }
+            Chunk::collect_remote(c);
+            if (*c).used == 0 {
+                bin_remove(heap, (*c).class as usize, c);
+                retire_to_global(heap, c);
+                return;
+            }
         }
     }
 }
@@ -1110,12 +1130,12 @@ unsafe fn process_pending(heap: *mut Heap) {
 /// also the bins' current chunks (used by purge and thread exit).
 ///
 /// # Safety
-/// Owner thread.
-pub unsafe fn collect(heap: *mut Heap, all: bool) {
+/// Owner thread holding the heap lock.
+pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
     if is_empty(heap) {
         return;
     }
-    // SAFETY: owner thread.
+    // SAFETY: owner thread, lock held.
     unsafe {
         process_pending(heap);
         for cls in 0..NUM_CLASSES {
@@ -1133,23 +1153,116 @@ pub unsafe fn collect(heap: *mut Heap, all: bool) {
     }
 }
 
-/// Forces memory back to the OS: collects the heap, flushes its caches and
-/// decommits every cached chunk process-wide; other heaps flush theirs on
-/// their next slow path. Returns the bytes given back by this call.
+/// Prepares a heap whose thread is gone (or exiting) to wait for
+/// adoption: collects it, retires every empty chunk, gives its caches to
+/// the global cache and arms every attached chunk, so that the remote
+/// free that makes one collectable puts it on the pending stack, where
+/// sweepers look ([`process_pending`]).
 ///
 /// # Safety
-/// Owner thread (or the empty heap).
+/// The caller holds the heap's lock, and no thread runs the heap's fast
+/// paths any more.
+pub(crate) unsafe fn make_abandoned(heap: *mut Heap) {
+    // SAFETY: per the contract.
+    unsafe {
+        collect(heap, true);
+        (*heap).provider.flush();
+        (*heap).state.store(STATE_ABANDONED, Ordering::Release);
+        for cls in 0..NUM_CLASSES {
+            let mut c = (*heap).bins[cls].first;
+            while !c.is_null() {
+                let next = (*c).next;
+                arm(heap, c);
+                c = next;
+            }
+        }
+    }
+}
+
+/// A thread adopts an abandoned heap: the attached chunks' notifications
+/// are taken back (those already queued come back through the pending
+/// stack, which the new owner processes on its first slow path).
+///
+/// # Safety
+/// The caller holds the heap's lock and becomes its owner.
+pub(crate) unsafe fn adopt(heap: *mut Heap) {
+    // SAFETY: per the contract.
+    unsafe {
+        for cls in 0..NUM_CLASSES {
+            let mut c = (*heap).bins[cls].first;
+            while !c.is_null() {
+                (*c).remote.try_disarm();
+                c = (*c).next;
+            }
+        }
+        (*heap).state.store(STATE_LIVE, Ordering::Release);
+    }
+}
+
+/// What a thread may reclaim from a live heap it does not own while the
+/// owner's fast paths keep running: detached chunks on the pending stack
+/// whose every block was freed remotely (retired to the global cache; the
+/// others are left queued for the owner), the shared stacks, and the local
+/// lists once stale (or with `all`). The owner's attached chunks are
+/// not touched. Returns whether anything was given back.
+///
+/// # Safety
+/// The caller holds `heap`'s lock and is not its owner; the heap is live.
+pub(crate) unsafe fn reclaim_live(heap: *mut Heap, now: u64, all: bool) -> bool {
+    // SAFETY: per the contract. Detached chunks are touched by the owner
+    // only under the lock we hold; a chunk whose remote count equals its
+    // `used` has no live block, so no thread can free into it any more.
+    unsafe {
+        let had = (*heap).provider.holds_chunks();
+        let mut freed = false;
+        if !(*heap).pending.is_empty() {
+            let mut c = (*heap).pending.take_all();
+            let mut keep: *mut Chunk = ptr::null_mut();
+            while !c.is_null() {
+                let next = (*c).link.load(Ordering::Relaxed);
+                let t = (*c).remote.peek();
+                if Chunk::flags(c) & FLAG_FULL != 0 && t.count == (*c).used {
+                    (*c).remote.take_and_clear();
+                    (*c).used = 0;
+                    Chunk::clear_flags(c, FLAG_FULL);
+                    retire_to_global(heap, c);
+                    freed = true;
+                } else {
+                    (*c).link.store(keep, Ordering::Relaxed);
+                    keep = c;
+                }
+                c = next;
+            }
+            while !keep.is_null() {
+                let next = (*keep).link.load(Ordering::Relaxed);
+                (*heap).pending.push(keep);
+                keep = next;
+            }
+        }
+        (*heap).provider.flush_idle(now, all);
+        freed || (had && !(*heap).provider.holds_chunks())
+    }
+}
+
+/// Forces memory back to the OS: reclaims from every other heap, collects
+/// this one, flushes its caches and decommits every cached chunk
+/// process-wide. Returns the bytes given back by this call.
+///
+/// # Safety
+/// Owner thread (or the empty heap), not holding its lock.
 pub unsafe fn purge(heap: *mut Heap) -> usize {
-    collect_abandoned();
+    registry::reclaim_all(heap, true, true);
     GLOBAL_CACHE.request_flush();
     if is_empty(heap) {
-        let mut p = Provider::new(OsPages, &budget::GLOBAL, &GLOBAL_CACHE);
-        return p.purge_all();
+        return crate::provider::purge_global(os::now_ms(), true);
     }
     // SAFETY: owner thread.
     unsafe {
+        (*heap).lock.lock();
         collect(heap, true);
-        (*heap).provider.purge_all()
+        let n = (*heap).provider.purge_all();
+        (*heap).lock.unlock();
+        n
     }
 }
 
@@ -1255,36 +1368,38 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
 // Statistics.
 // ---------------------------------------------------------------------------
 
-/// Adds every heap's counters into `s`.
-pub(crate) fn add_stats(s: &mut crate::Stats) {
-    let mut in_use: isize = 0;
-    let mut h = REGISTRY.all.load(Ordering::Acquire);
-    while !h.is_null() {
-        // SAFETY: records are never freed; counters are atomics.
-        unsafe {
-            for cls in 0..NUM_CLASSES {
-                let a = (*h).allocs[cls].load(Ordering::Relaxed) as isize;
-                let f = (*h).frees[cls].load(Ordering::Relaxed) as isize;
-                in_use += (a - f) * class_size(cls) as isize;
-            }
-            in_use += (*h).large_alloc_bytes.load(Ordering::Relaxed) as isize;
-            in_use -= (*h).large_free_bytes.load(Ordering::Relaxed) as isize;
-            s.remote_frees += (*h).remote_frees.load(Ordering::Relaxed);
-            s.slab_chunks += (*h).slab_chunks.load(Ordering::Relaxed);
-            s.large_chunks += (*h).large_chunks.load(Ordering::Relaxed);
-            match (*h).state.load(Ordering::Relaxed) {
-                STATE_LIVE => s.live_heaps += 1,
-                STATE_ABANDONED => s.abandoned_heaps += 1,
-                _ => {}
-            }
-            let (b, n, mapped, reused) = (*h).provider.counters();
-            s.chunks_mapped_total += mapped;
-            s.chunks_reused_total += reused;
-            s.cached += b;
-            s.cached_chunks += n;
-            h = (*h).all_next;
+/// Adds one heap's counters into `s`; its live bytes into `in_use`.
+///
+/// # Safety
+/// `h` is a heap record (records are never freed); only atomics are read.
+pub(crate) unsafe fn add_stats_of(h: *mut Heap, s: &mut crate::Stats, in_use: &mut isize) {
+    // SAFETY: per the contract.
+    unsafe {
+        for cls in 0..NUM_CLASSES {
+            let a = (*h).allocs[cls].load(Ordering::Relaxed) as isize;
+            let f = (*h).frees[cls].load(Ordering::Relaxed) as isize;
+            *in_use += a.wrapping_sub(f).wrapping_mul(class_size(cls) as isize);
         }
+        *in_use += (*h).large_alloc_bytes.load(Ordering::Relaxed) as isize;
+        *in_use -= (*h).large_free_bytes.load(Ordering::Relaxed) as isize;
+        s.remote_frees += (*h).remote_frees.load(Ordering::Relaxed);
+        s.slab_chunks += (*h).slab_chunks.load(Ordering::Relaxed);
+        s.large_chunks += (*h).large_chunks.load(Ordering::Relaxed);
+        match (*h).state.load(Ordering::Relaxed) {
+            STATE_LIVE => s.live_heaps += 1,
+            STATE_ABANDONED => s.abandoned_heaps += 1,
+            _ => {}
+        }
+        let (b, n, mapped, reused) = (*h).provider.counters();
+        s.chunks_mapped_total += mapped;
+        s.chunks_reused_total += reused;
+        s.cached += b;
+        s.cached_chunks += n;
     }
+}
+
+/// Adds the process-wide counters that are not per heap.
+pub(crate) fn add_global_stats(s: &mut crate::Stats, mut in_use: isize) {
     in_use += GLOBALS.huge_bytes.load(Ordering::Relaxed) as isize;
     in_use -= GLOBALS.heapless_freed_bytes.load(Ordering::Relaxed) as isize;
     s.remote_frees += GLOBALS.heapless_frees.load(Ordering::Relaxed);

@@ -14,112 +14,141 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// Under `--cfg loom` only the cross-thread protocols are built, on loom's
+// atomics, for the models in `tests/loom.rs`.
 pub mod budget;
+pub mod remote;
+pub mod stack;
+pub mod sync;
+
+#[cfg(not(loom))]
 pub mod chunk;
+#[cfg(not(loom))]
 pub mod chunk_map;
+#[cfg(not(loom))]
 pub mod config;
-#[cfg(feature = "ffi")]
+#[cfg(all(feature = "ffi", not(loom)))]
 pub mod ffi;
+#[cfg(not(loom))]
 mod fmt;
+#[cfg(not(loom))]
 mod global;
+#[cfg(not(loom))]
 pub mod heap;
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub mod hooks;
+#[cfg(not(loom))]
 pub mod os;
+#[cfg(not(loom))]
 pub mod provider;
+#[cfg(not(loom))]
+pub mod registry;
+#[cfg(not(loom))]
 pub mod size_class;
+#[cfg(not(loom))]
 mod stats;
-mod sync;
+#[cfg(not(loom))]
 pub mod thread;
 
+#[cfg(not(loom))]
+pub use api::*;
+#[cfg(not(loom))]
 pub use global::ChunkMalloc;
+#[cfg(not(loom))]
 pub use stats::Stats;
 
-/// Forces memory back to the OS: the calling thread's heap is collected,
-/// its cached chunks and every chunk in the process-wide cache are
-/// decommitted, and other threads flush their caches on their next slow
-/// path. Returns the bytes given back by this call.
-pub fn purge() -> usize {
-    thread::purge()
-}
+#[cfg(not(loom))]
+mod api {
+    use crate::*;
 
-/// A snapshot of the allocator's statistics.
-pub fn stats() -> Stats {
-    let mut s = Stats::default();
-    heap::add_stats(&mut s);
-    let g = provider::GLOBAL_CACHE.stats();
-    let page = os::page_size();
-    s.cached += g.committed_bytes;
-    s.cached_chunks += g.committed_count + g.decommitted_count;
-    s.committed = budget::GLOBAL.committed();
-    s.peak_committed = budget::GLOBAL.peak();
-    s.mapped = s.committed + g.decommitted_bytes - g.decommitted_count * page;
-    s.budget_limit = budget::GLOBAL.limit();
-    s.failed_allocs = budget::GLOBAL.failures();
-    s
-}
+    /// Forces memory back to the OS: the calling thread's heap is collected,
+    /// its cached chunks and every chunk in the process-wide cache are
+    /// decommitted, and other threads flush their caches on their next slow
+    /// path. Returns the bytes given back by this call.
+    pub fn purge() -> usize {
+        thread::purge()
+    }
 
-/// Sets (or with `None` clears) the process-wide byte budget. Lowering it
-/// below current use makes later allocations fail until use drops.
-pub fn set_budget(limit: Option<usize>) {
-    budget::GLOBAL.set_limit(limit);
-}
+    /// A snapshot of the allocator's statistics.
+    pub fn stats() -> Stats {
+        let mut s = Stats::default();
+        registry::add_stats(&mut s);
+        let g = provider::GLOBAL_CACHE.stats();
+        let page = os::page_size();
+        s.cached += g.committed_bytes;
+        s.cached_chunks += g.committed_count + g.decommitted_count;
+        s.committed = budget::GLOBAL.committed();
+        s.peak_committed = budget::GLOBAL.peak();
+        s.mapped = s.committed + g.decommitted_bytes - g.decommitted_count * page;
+        s.budget_limit = budget::GLOBAL.limit();
+        s.failed_allocs = budget::GLOBAL.failures();
+        s
+    }
 
-/// Sets (or clears) the function called when an allocation is about to
-/// fail: it gets the requested size and may free memory; returning `true`
-/// retries the allocation once. See [`thread::set_oom_handler`].
-pub fn set_oom_handler(handler: Option<fn(usize) -> bool>) {
-    thread::set_oom_handler(handler);
-}
+    /// Sets (or with `None` clears) the process-wide byte budget. Lowering it
+    /// below current use makes later allocations fail until use drops.
+    pub fn set_budget(limit: Option<usize>) {
+        budget::GLOBAL.set_limit(limit);
+    }
 
-/// The process-wide byte budget, if one is set.
-pub fn budget() -> Option<usize> {
-    budget::GLOBAL.limit()
-}
+    /// Sets (or clears) the function called when an allocation is about to
+    /// fail: it gets the requested size and may free memory; returning `true`
+    /// retries the allocation once. See [`thread::set_oom_handler`].
+    pub fn set_oom_handler(handler: Option<fn(usize) -> bool>) {
+        thread::set_oom_handler(handler);
+    }
 
-/// Bytes usable at `p` (0 for null or pointers chunkmalloc did not hand out).
-///
-/// # Safety
-/// `p` is null, live, or a pointer into memory chunkmalloc never handed out
-/// (not one it handed out and has since taken back).
-pub unsafe fn usable_size(p: *const u8) -> usize {
-    // SAFETY: forwarded contract.
-    unsafe { thread::usable_size(p as *mut u8) }
-}
+    /// The process-wide byte budget, if one is set.
+    pub fn budget() -> Option<usize> {
+        budget::GLOBAL.limit()
+    }
 
-/// Writes the statistics table to stderr without allocating.
-pub fn print_stats() {
-    let s = stats();
-    let rows: [(&[u8], usize); 12] = [
-        (b"in use", s.in_use),
-        (b"committed", s.committed),
-        (b"peak committed", s.peak_committed),
-        (b"cached", s.cached),
-        (b"mapped", s.mapped),
-        (b"slab chunks", s.slab_chunks),
-        (b"large chunks", s.large_chunks),
-        (b"huge mappings", s.huge_chunks),
-        (b"cached chunks", s.cached_chunks),
-        (b"remote frees", s.remote_frees),
-        (b"live heaps", s.live_heaps),
-        (b"abandoned heaps", s.abandoned_heaps),
-    ];
-    os::write_stderr(b"chunkmalloc statistics\n");
-    for (name, v) in rows {
-        let mut b = fmt::Buf::new();
-        b.push(b"  ").push(name);
-        for _ in name.len()..18 {
-            b.push(b" ");
+    /// Bytes usable at `p` (0 for null or pointers chunkmalloc did not hand out).
+    ///
+    /// # Safety
+    /// `p` is null, live, or a pointer into memory chunkmalloc never handed out
+    /// (not one it handed out and has since taken back).
+    pub unsafe fn usable_size(p: *const u8) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { thread::usable_size(p as *mut u8) }
+    }
+
+    /// Writes the statistics table to stderr without allocating.
+    pub fn print_stats() {
+        let s = stats();
+        let rows: [(&[u8], usize); 12] = [
+            (b"in use", s.in_use),
+            (b"committed", s.committed),
+            (b"peak committed", s.peak_committed),
+            (b"cached", s.cached),
+            (b"mapped", s.mapped),
+            (b"slab chunks", s.slab_chunks),
+            (b"large chunks", s.large_chunks),
+            (b"huge mappings", s.huge_chunks),
+            (b"cached chunks", s.cached_chunks),
+            (b"remote frees", s.remote_frees),
+            (b"live heaps", s.live_heaps),
+            (b"abandoned heaps", s.abandoned_heaps),
+        ];
+        os::write_stderr(b"chunkmalloc statistics\n");
+        for (name, v) in rows {
+            let mut b = fmt::Buf::new();
+            b.push(b"  ").push(name);
+            for _ in name.len()..18 {
+                b.push(b" ");
+            }
+            b.push_num_padded(v as u64, 16).push(b"\n");
+            os::write_stderr(b.as_bytes());
         }
-        b.push_num_padded(v as u64, 16).push(b"\n");
+        let mut b = fmt::Buf::new();
+        b.push(b"  budget            ");
+        match s.budget_limit {
+            Some(l) => b.push_num_padded(l as u64, 16),
+            None => b.push(b"            none"),
+        };
+        b.push(b"\n  failed allocs     ")
+            .push_num_padded(s.failed_allocs as u64, 16)
+            .push(b"\n");
         os::write_stderr(b.as_bytes());
     }
-    let mut b = fmt::Buf::new();
-    b.push(b"  budget            ");
-    match s.budget_limit {
-        Some(l) => b.push_num_padded(l as u64, 16),
-        None => b.push(b"            none"),
-    };
-    b.push(b"\n  failed allocs     ")
-        .push_num_padded(s.failed_allocs as u64, 16)
-        .push(b"\n");
-    os::write_stderr(b.as_bytes());
 }

@@ -16,7 +16,7 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::alloc::{Allocator, Layout};
 
@@ -47,8 +47,12 @@ pub const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
 /// recently freed huge mappings.
 pub struct GlobalCache {
     lock: SpinLock,
-    lists: UnsafeCell<[*mut Chunk; NUM_CHUNK_CLASSES]>,
-    huge: UnsafeCell<[*mut Chunk; HUGE_SLOTS]>,
+    /// Per chunk class, a LIFO list linked through `link`. Written only
+    /// with `lock` held; atomics so that the lock-free emptiness hint and
+    /// the statistics may read them.
+    lists: [AtomicPtr<Chunk>; NUM_CHUNK_CLASSES],
+    /// Freed huge mappings kept for reuse (written under `lock`).
+    huge: [AtomicPtr<Chunk>; HUGE_SLOTS],
     huge_bytes: AtomicUsize,
     /// Chunks in the cache with committed data pages, and their bytes.
     committed_count: AtomicUsize,
@@ -62,8 +66,8 @@ pub struct GlobalCache {
     flush_epoch: AtomicU64,
 }
 
-// SAFETY: `lists` is only accessed with `lock` held; the counters are atomics.
-unsafe impl Sync for GlobalCache {}
+#[allow(clippy::declare_interior_mutable_const)]
+const NULL_CHUNK: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
 
 /// The cache every real heap uses.
 pub static GLOBAL_CACHE: GlobalCache = GlobalCache::new();
@@ -86,8 +90,8 @@ impl GlobalCache {
     pub const fn new() -> Self {
         GlobalCache {
             lock: SpinLock::new(),
-            lists: UnsafeCell::new([ptr::null_mut(); NUM_CHUNK_CLASSES]),
-            huge: UnsafeCell::new([ptr::null_mut(); HUGE_SLOTS]),
+            lists: [NULL_CHUNK; NUM_CHUNK_CLASSES],
+            huge: [NULL_CHUNK; HUGE_SLOTS],
             huge_bytes: AtomicUsize::new(0),
             committed_count: AtomicUsize::new(0),
             committed_bytes: AtomicUsize::new(0),
@@ -100,8 +104,11 @@ impl GlobalCache {
 
     /// Occupancy now.
     pub fn stats(&self) -> CacheStats {
-        // SAFETY: a racy read of slot pointers, only to count them.
-        let huge_n = unsafe { (*self.huge.get()).iter().filter(|c| !c.is_null()).count() };
+        let huge_n = self
+            .huge
+            .iter()
+            .filter(|c| !c.load(Ordering::Relaxed).is_null())
+            .count();
         CacheStats {
             committed_count: self.committed_count.load(Ordering::Relaxed) + huge_n,
             committed_bytes: self.committed_bytes.load(Ordering::Relaxed)
@@ -111,9 +118,29 @@ impl GlobalCache {
         }
     }
 
-    /// The lock, for the `fork` handlers.
-    pub(crate) fn lock(&self) -> &SpinLock {
-        &self.lock
+    /// In a `fork` child: if a thread that did not survive the fork held
+    /// the lock, the lists may be mid-update, so they are dropped (their
+    /// chunks stay mapped and counted, unused) and the lock is freed. A
+    /// lock held by the calling thread (a `fork` from a signal handler
+    /// that interrupted it) is left alone: the interrupted code resumes.
+    pub(crate) fn after_fork_child(&self) {
+        if !self.lock.held_by_other() {
+            return;
+        }
+        for l in self.lists.iter().chain(self.huge.iter()) {
+            l.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        for n in [
+            &self.huge_bytes,
+            &self.committed_count,
+            &self.committed_bytes,
+            &self.decommitted_count,
+            &self.decommitted_bytes,
+        ] {
+            n.store(0, Ordering::Relaxed);
+        }
+        self.next_purge_ms.store(u64::MAX, Ordering::Relaxed);
+        self.lock.force_unlock();
     }
 
     /// Asks every provider to flush its local lists on its next slow path.
@@ -139,21 +166,21 @@ impl GlobalCache {
         }
     }
 
-    /// Adds a list of chunks (linked through `link`) of any classes.
-    fn push_list(&self, mut c: *mut Chunk, now: u64) {
+    /// Adds a list of free chunks (linked through `link`) of any classes.
+    pub(crate) fn push_list(&self, mut c: *mut Chunk, now: u64) {
         if c.is_null() {
             return;
         }
         self.lock.lock();
         // SAFETY: lock held; the chunks are exclusively ours until linked.
         unsafe {
-            let lists = &mut *self.lists.get();
             while !c.is_null() {
                 let next = (*c).link.load(Ordering::Relaxed);
-                let cls = crate::size_class::chunk_class_of((*c).size);
+                let head = &self.lists[crate::size_class::chunk_class_of((*c).size)];
                 (*c).cached_at = now;
-                (*c).link.store(lists[cls], Ordering::Relaxed);
-                lists[cls] = c;
+                (*c).link
+                    .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+                head.store(c, Ordering::Relaxed);
                 self.count(c, true);
                 c = next;
             }
@@ -176,16 +203,18 @@ impl GlobalCache {
             return false;
         }
         self.lock.lock();
-        // SAFETY: lock held.
-        let slots = unsafe { &mut *self.huge.get() };
-        let put = match slots.iter_mut().find(|s| s.is_null()) {
+        let put = match self
+            .huge
+            .iter()
+            .find(|s| s.load(Ordering::Relaxed).is_null())
+        {
             Some(slot) => {
                 // SAFETY: exclusively ours until published in the slot.
                 unsafe {
                     mark_cached(c);
                     (*c).cached_at = now;
                 }
-                *slot = c;
+                slot.store(c, Ordering::Relaxed);
                 self.huge_bytes.fetch_add(size, Ordering::Relaxed);
                 true
             }
@@ -207,16 +236,15 @@ impl GlobalCache {
             return ptr::null_mut();
         }
         self.lock.lock();
-        // SAFETY: lock held; cached chunks in the slots are stable under it.
-        let slots = unsafe { &mut *self.huge.get() };
         let mut fit: Option<(usize, usize)> = None;
         let mut largest: Option<(usize, usize)> = None;
-        for (i, s) in slots.iter().enumerate() {
+        for (i, s) in self.huge.iter().enumerate() {
+            let s = s.load(Ordering::Relaxed);
             if s.is_null() {
                 continue;
             }
             // SAFETY: a cached mapping, stable under the lock.
-            let size = unsafe { (**s).size };
+            let size = unsafe { (*s).size };
             if size >= len && fit.is_none_or(|(_, f)| size < f) {
                 fit = Some((i, size));
             }
@@ -225,7 +253,7 @@ impl GlobalCache {
             }
         }
         let c = match fit.or(largest) {
-            Some((i, _)) => core::mem::replace(&mut slots[i], ptr::null_mut()),
+            Some((i, _)) => self.huge[i].swap(ptr::null_mut(), Ordering::Relaxed),
             None => ptr::null_mut(),
         };
         if !c.is_null() {
@@ -240,21 +268,19 @@ impl GlobalCache {
     /// Takes a chunk of class `cls`, preferring committed ones (they sit at
     /// the front: the list is LIFO and purging works from old to new).
     fn pop(&self, cls: usize) -> *mut Chunk {
-        // SAFETY: read of a plain pointer; a stale answer only costs a lock.
-        if unsafe { (*self.lists.get())[cls].is_null() } {
+        // A hint read without the lock; a stale answer only costs a lock.
+        if self.lists[cls].load(Ordering::Relaxed).is_null() {
             return ptr::null_mut();
         }
         self.lock.lock();
-        // SAFETY: lock held.
-        let c = unsafe {
-            let lists = &mut *self.lists.get();
-            let c = lists[cls];
-            if !c.is_null() {
-                lists[cls] = (*c).link.load(Ordering::Relaxed);
-                self.count(c, false);
+        let c = self.lists[cls].load(Ordering::Relaxed);
+        if !c.is_null() {
+            // SAFETY: lock held; cached chunks on the list are stable.
+            unsafe {
+                self.lists[cls].store((*c).link.load(Ordering::Relaxed), Ordering::Relaxed);
             }
-            c
-        };
+            self.count(c, false);
+        }
         self.lock.unlock();
         c
     }
@@ -273,10 +299,9 @@ impl GlobalCache {
         self.lock.lock();
         // SAFETY: lock held; cached chunks have no users.
         unsafe {
-            let lists = &mut *self.lists.get();
-            for head in lists.iter_mut() {
+            for head in self.lists.iter() {
                 let mut prev: *mut Chunk = ptr::null_mut();
-                let mut c = *head;
+                let mut c = head.load(Ordering::Relaxed);
                 while !c.is_null() {
                     let next = (*c).link.load(Ordering::Relaxed);
                     if !(*c).decommitted {
@@ -289,12 +314,12 @@ impl GlobalCache {
                         }
                     }
                     if (*c).decommitted
-                        && self.decommitted_count.load(Ordering::Relaxed) > GLOBAL_MAX_DECOMMITTED
+                        && self.decommitted_count.load(Ordering::Relaxed) > max_decommitted()
                     {
                         // Unlink and unmap after the lock is dropped.
                         self.count(c, false);
                         if prev.is_null() {
-                            *head = next;
+                            head.store(next, Ordering::Relaxed);
                         } else {
                             (*prev).link.store(next, Ordering::Relaxed);
                         }
@@ -309,13 +334,13 @@ impl GlobalCache {
         }
         // SAFETY: lock held; cached huge mappings have no users.
         unsafe {
-            for slot in (*self.huge.get()).iter_mut() {
-                let c = *slot;
+            for slot in self.huge.iter() {
+                let c = slot.load(Ordering::Relaxed);
                 if c.is_null() {
                     continue;
                 }
                 if force || (*c).cached_at.saturating_add(huge_delay(delay)) <= now {
-                    *slot = ptr::null_mut();
+                    slot.store(ptr::null_mut(), Ordering::Relaxed);
                     self.huge_bytes.fetch_sub((*c).size, Ordering::Relaxed);
                     (*c).link.store(to_unmap, Ordering::Relaxed);
                     to_unmap = c;
@@ -345,6 +370,16 @@ impl Default for GlobalCache {
     }
 }
 
+/// Decommitted chunks kept mapped: [`GLOBAL_MAX_DECOMMITTED`] (a test
+/// hook may lower it).
+#[inline]
+fn max_decommitted() -> usize {
+    #[cfg(feature = "test-hooks")]
+    return crate::hooks::KEEP_DECOMMITTED.load(Ordering::Relaxed);
+    #[cfg(not(feature = "test-hooks"))]
+    GLOBAL_MAX_DECOMMITTED
+}
+
 /// How long a freed huge mapping is kept: a tenth of the purge delay
 /// (10 ms by default). Huge mappings are many MiB each, so keeping them as
 /// long as chunks would cost more resident memory than the faults it saves.
@@ -357,7 +392,7 @@ fn huge_delay(delay: u64) -> u64 {
 ///
 /// # Safety
 /// The caller holds `c` exclusively and it has no live objects.
-unsafe fn mark_cached(c: *mut Chunk) -> usize {
+pub(crate) unsafe fn mark_cached(c: *mut Chunk) -> usize {
     // SAFETY: per the contract.
     unsafe {
         (*c).kind = crate::chunk::Kind::Cached;
@@ -410,34 +445,43 @@ pub fn purge_global(now: u64, force: bool) -> usize {
     GLOBAL_CACHE.purge(now, force, &crate::budget::GLOBAL, &os::OsPages)
 }
 
-/// Per-heap chunk source and cache. Owner-only except [`Provider::push_shared`].
+/// Per-heap chunk source and cache.
+///
+/// Every method takes `&self`: other threads push to `shared` while the
+/// owner works, so no `&mut Provider` may exist. The owner-only state is
+/// in `UnsafeCell`s and atomics; the `unsafe` methods that touch it
+/// require the caller to hold the owning heap's lock (the owner on its
+/// slow paths, or a thread reclaiming from an idle heap), which makes
+/// their accesses exclusive.
 pub struct Provider<A: Allocator + 'static> {
     pages: A,
     budget: &'static Budget,
     global: &'static GlobalCache,
-    /// Owner-only LIFO lists (linked through `link`, used non-atomically).
-    local: [*mut Chunk; NUM_CHUNK_CLASSES],
+    /// LIFO lists (linked through `link`) under the heap lock.
+    local: UnsafeCell<[*mut Chunk; NUM_CHUNK_CLASSES]>,
     /// Chunks other threads returned to this provider.
     shared: [ChunkStack; NUM_CHUNK_CLASSES],
-    /// Committed bytes in `local` (owner-written; read by `stats`).
+    /// Chunks pushed on `shared` and not yet taken (a hint for reclaimers).
+    shared_count: AtomicUsize,
+    /// Committed bytes in `local` (written under the heap lock; read by `stats`).
     local_bytes: AtomicUsize,
-    /// Chunks in `local` (owner-written; read by `stats`).
+    /// Chunks in `local` (as `local_bytes`).
     local_count: AtomicUsize,
     /// When `local` was last flushed to the global cache.
-    last_flush_ms: u64,
+    last_flush_ms: AtomicU64,
     /// The global flush epoch last honoured.
-    seen_epoch: u64,
+    seen_epoch: AtomicU64,
     /// Chunks mapped from the OS by this provider (lifetime count).
     mapped_chunks: AtomicUsize,
     /// Chunks served from a cache (lifetime count).
     reused_chunks: AtomicUsize,
 }
 
-// SAFETY: the owner-only fields are touched only by the heap's current owner
-// thread (ownership moves with adoption under the abandoned-list lock);
-// `shared` is a lock-free stack for which any thread may push.
+// SAFETY: `local` is touched only by the holder of the owning heap's lock;
+// everything else is atomic or immutable.
 unsafe impl<A: Allocator + Send + 'static> Send for Provider<A> {}
-// SAFETY: see `Send`; through `&Provider` other threads only push.
+// SAFETY: as for `Send`; through `&Provider` a thread without the heap
+// lock only pushes on `shared` and reads counters.
 unsafe impl<A: Allocator + Sync + 'static> Sync for Provider<A> {}
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -451,12 +495,13 @@ impl<A: Allocator + 'static> Provider<A> {
             pages,
             budget,
             global,
-            local: [ptr::null_mut(); NUM_CHUNK_CLASSES],
+            local: UnsafeCell::new([ptr::null_mut(); NUM_CHUNK_CLASSES]),
             shared: [EMPTY_STACK; NUM_CHUNK_CLASSES],
+            shared_count: AtomicUsize::new(0),
             local_bytes: AtomicUsize::new(0),
             local_count: AtomicUsize::new(0),
-            last_flush_ms: 0,
-            seen_epoch: 0,
+            last_flush_ms: AtomicU64::new(0),
+            seen_epoch: AtomicU64::new(0),
             mapped_chunks: AtomicUsize::new(0),
             reused_chunks: AtomicUsize::new(0),
         }
@@ -473,101 +518,142 @@ impl<A: Allocator + 'static> Provider<A> {
         )
     }
 
-    /// A chunk of class `cls` with a fresh cached header (`Kind::Cached`),
-    /// committed and charged to the budget; null if the budget or the OS
-    /// refuses even after purging caches.
-    pub fn acquire(&mut self, cls: usize) -> *mut Chunk {
-        // 1. Own local list.
-        let c = self.local[cls];
-        if !c.is_null() {
-            // SAFETY: owner-only list of cached chunks.
-            unsafe {
-                self.local[cls] = (*c).link.load(Ordering::Relaxed);
-                bump(&self.local_bytes, (*c).size.wrapping_neg());
-            }
-            bump(&self.local_count, usize::MAX);
-            bump(&self.reused_chunks, 1);
-            // SAFETY: exclusively ours now.
-            return unsafe { reset_header(c, false) };
-        }
-        // 2. Chunks other threads gave back.
-        // SAFETY: the provider's owner is the single popper.
-        let c = unsafe { self.shared[cls].pop() };
-        if !c.is_null() {
-            bump(&self.reused_chunks, 1);
-            // SAFETY: exclusively ours now.
-            return unsafe { reset_header(c, false) };
-        }
-        self.acquire_slow(cls)
+    /// Whether anything is cached here (local lists or shared stacks): a
+    /// hint any thread may read.
+    pub fn holds_chunks(&self) -> bool {
+        self.local_count.load(Ordering::Relaxed) != 0
+            || self.shared_count.load(Ordering::Relaxed) != 0
     }
 
-    #[cold]
-    fn acquire_slow(&mut self, cls: usize) -> *mut Chunk {
-        self.maintain(os::now_ms());
-        for attempt in 0..2 {
-            // 3. The process-wide cache.
-            let c = self.global.pop(cls);
-            if !c.is_null() {
-                bump(&self.reused_chunks, 1);
-                // SAFETY: popped under the lock; exclusively ours.
+    /// The local list of `cls`.
+    ///
+    /// # Safety
+    /// The caller holds the heap lock.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn local(&self) -> &mut [*mut Chunk; NUM_CHUNK_CLASSES] {
+        // SAFETY: exclusive under the heap lock, per the contract; the
+        // reference does not outlive the caller's use.
+        unsafe { &mut *self.local.get() }
+    }
+
+    /// A cached chunk of class `cls` with a fresh header (`Kind::Cached`)
+    /// from this provider's local list or shared stack; null if none.
+    ///
+    /// # Safety
+    /// The caller holds the heap lock.
+    pub unsafe fn acquire(&self, cls: usize) -> *mut Chunk {
+        // SAFETY: heap lock held.
+        let local = unsafe { self.local() };
+        if local[cls].is_null() && !self.shared[cls].is_empty() {
+            // Take what other threads gave back, whole (no single-node
+            // pop, so any thread may empty the stack without ABA).
+            let mut c = self.shared[cls].take_all();
+            let mut n = 0;
+            while !c.is_null() {
+                // SAFETY: the taken list is ours.
                 unsafe {
-                    if (*c).decommitted {
-                        let page = os::page_size();
-                        if !self.budget.try_reserve((*c).size - page) {
-                            // Put it back decommitted; fall through to purging.
-                            (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
-                            self.global.push_list(c, (*c).cached_at);
-                        } else {
-                            // The data pages are zero; make the rest of the
-                            // header page zero too so the chunk is fresh.
-                            c.cast::<u8>()
-                                .add(HEADER_SIZE)
-                                .write_bytes(0, page - HEADER_SIZE);
-                            return reset_header(c, true);
-                        }
-                    } else {
-                        return reset_header(c, false);
-                    }
+                    let next = (*c).link.load(Ordering::Relaxed);
+                    (*c).link.store(local[cls], Ordering::Relaxed);
+                    local[cls] = c;
+                    bump(&self.local_bytes, (*c).size);
+                    c = next;
                 }
+                n += 1;
             }
-            // 4. The OS.
-            let size = chunk_class_size(cls);
-            if self.budget.try_reserve(size) {
-                let layout = Layout::from_size_align(size, CHUNK_SIZE).ok();
-                if let Some(Ok(mem)) = layout.map(|l| self.pages.allocate(l)) {
-                    let base = mem.cast::<u8>().as_ptr();
-                    // SAFETY: a fresh, exclusively owned mapping of `size`
-                    // bytes, 64 KiB aligned.
-                    let c = unsafe { Chunk::init_cached(base, size, true) };
-                    if chunk_map::register(base as usize, size, c as usize) {
-                        bump(&self.mapped_chunks, 1);
-                        return c;
-                    }
-                    // SAFETY: allocated just above with this layout.
-                    unsafe {
-                        self.pages.deallocate(mem.cast(), layout.unwrap_unchecked());
-                    }
-                }
-                self.budget.release(size);
+            bump(&self.local_count, n);
+            self.shared_count.fetch_sub(n, Ordering::Relaxed);
+        }
+        let c = local[cls];
+        if c.is_null() {
+            return c;
+        }
+        // SAFETY: a cached chunk on our list.
+        unsafe {
+            local[cls] = (*c).link.load(Ordering::Relaxed);
+            bump(&self.local_bytes, (*c).size.wrapping_neg());
+        }
+        bump(&self.local_count, usize::MAX);
+        bump(&self.reused_chunks, 1);
+        // SAFETY: exclusively ours now.
+        unsafe { reset_header(c, false) }
+    }
+
+    /// A chunk of class `cls` from the process-wide cache (recommitted if
+    /// it was decommitted, which the budget may refuse); null if none.
+    pub fn acquire_global(&self, cls: usize) -> *mut Chunk {
+        let c = self.global.pop(cls);
+        if c.is_null() {
+            return c;
+        }
+        bump(&self.reused_chunks, 1);
+        // SAFETY: popped under the lock; exclusively ours.
+        unsafe {
+            if !(*c).decommitted {
+                return reset_header(c, false);
             }
-            if attempt == 0 {
-                // Out of budget (or address space): give back what is
-                // cached here and globally, ask other heaps to do the same
-                // on their next slow path, and try once more.
-                self.flush();
-                self.global
-                    .purge(os::now_ms(), true, self.budget, &self.pages);
-                self.global.request_flush();
+            let page = os::page_size();
+            if !self.budget.try_reserve((*c).size - page) {
+                // Put it back decommitted.
+                (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
+                self.global.push_list(c, (*c).cached_at);
+                return ptr::null_mut();
+            }
+            // The data pages are zero; make the rest of the header page
+            // zero too so the chunk is fresh.
+            c.cast::<u8>()
+                .add(HEADER_SIZE)
+                .write_bytes(0, page - HEADER_SIZE);
+            reset_header(c, true)
+        }
+    }
+
+    /// A new chunk of class `cls` from the OS, charged to the budget; null
+    /// if the budget or the OS refuses.
+    pub fn map_new(&self, cls: usize) -> *mut Chunk {
+        let size = chunk_class_size(cls);
+        if !self.budget.try_reserve(size) {
+            return ptr::null_mut();
+        }
+        let layout = Layout::from_size_align(size, CHUNK_SIZE).ok();
+        if let Some(Ok(mem)) = layout.map(|l| self.pages.allocate(l)) {
+            let base = mem.cast::<u8>().as_ptr();
+            // SAFETY: a fresh, exclusively owned mapping of `size` bytes,
+            // 64 KiB aligned.
+            let c = unsafe { Chunk::init_cached(base, size, true) };
+            if chunk_map::register(base as usize, size, c as usize) {
+                bump(&self.mapped_chunks, 1);
+                return c;
+            }
+            // SAFETY: allocated just above with this layout.
+            unsafe {
+                self.pages.deallocate(mem.cast(), layout.unwrap_unchecked());
             }
         }
+        self.budget.release(size);
         ptr::null_mut()
     }
 
-    /// Returns a chunk with no live objects (owner thread).
+    /// Out of budget (or address space): gives back what is cached here
+    /// and decommits the whole global cache.
     ///
     /// # Safety
-    /// `c` is a chunk of this provider's pages that nothing else references.
-    pub unsafe fn release(&mut self, c: *mut Chunk) {
+    /// The caller holds the heap lock.
+    pub unsafe fn relieve(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.flush() };
+        self.global
+            .purge(os::now_ms(), true, self.budget, &self.pages);
+        self.global.request_flush();
+    }
+
+    /// Returns a chunk with no live objects to the local list (or, over
+    /// the reserve or near the budget cap, to the global cache).
+    ///
+    /// # Safety
+    /// The caller holds the heap lock; `c` is a chunk of this provider's
+    /// pages that nothing else references.
+    pub unsafe fn release(&self, c: *mut Chunk) {
         // SAFETY: per the contract, `c` is ours and unreferenced.
         let size = unsafe { mark_cached(c) };
         let pressure = self.budget.under_pressure();
@@ -575,21 +661,26 @@ impl<A: Allocator + 'static> Provider<A> {
             // Over the reserve, or near the budget cap, where a thread that
             // fails must be able to purge what other (possibly idle)
             // threads freed: keep nothing private.
-            self.flush_local();
+            // SAFETY: heap lock held.
+            unsafe { self.flush_local() };
             if pressure {
                 self.global.push_list(c, os::now_ms());
                 return;
             }
         }
         let cls = crate::size_class::chunk_class_of(size);
-        // SAFETY: exclusively ours.
-        unsafe { (*c).link.store(self.local[cls], Ordering::Relaxed) };
-        self.local[cls] = c;
+        // SAFETY: heap lock held; `c` exclusively ours.
+        unsafe {
+            let local = self.local();
+            (*c).link.store(local[cls], Ordering::Relaxed);
+            local[cls] = c;
+        }
         bump(&self.local_bytes, size);
         bump(&self.local_count, 1);
     }
 
     /// Gives back a chunk from a thread that does not own this provider.
+    /// After the push the caller touches nothing in the chunk.
     ///
     /// # Safety
     /// `c` is a chunk of this provider with no live objects, referenced by
@@ -599,64 +690,120 @@ impl<A: Allocator + 'static> Provider<A> {
         let size = unsafe { mark_cached(c) };
         if self.budget.under_pressure() {
             // Near the cap the owner may be idle; put it where a failing
-            // thread can purge it.
+            // thread can purge it at once.
             self.global.push_list(c, os::now_ms());
         } else {
+            // Counted before the push, so a reclaimer that sees the chunk
+            // also sees the hint.
+            self.shared_count.fetch_add(1, Ordering::Relaxed);
             // SAFETY: `c` is on no other list.
             unsafe { self.shared[crate::size_class::chunk_class_of(size)].push(c) };
         }
     }
 
-    fn flush_local(&mut self) {
+    /// # Safety
+    /// The caller holds the heap lock.
+    unsafe fn flush_local(&self) {
         let mut list: *mut Chunk = ptr::null_mut();
-        for head in self.local.iter_mut() {
+        // SAFETY: heap lock held.
+        for head in unsafe { self.local() }.iter_mut() {
             let mut c = *head;
             *head = ptr::null_mut();
             while !c.is_null() {
-                // SAFETY: owner-only list.
-                let next = unsafe { (*c).link.load(Ordering::Relaxed) };
-                // SAFETY: as above.
-                unsafe { (*c).link.store(list, Ordering::Relaxed) };
-                list = c;
-                c = next;
+                // SAFETY: our list.
+                unsafe {
+                    let next = (*c).link.load(Ordering::Relaxed);
+                    (*c).link.store(list, Ordering::Relaxed);
+                    list = c;
+                    c = next;
+                }
             }
         }
         self.local_bytes.store(0, Ordering::Relaxed);
         self.local_count.store(0, Ordering::Relaxed);
         let now = os::now_ms();
-        self.last_flush_ms = now;
+        self.last_flush_ms.store(now, Ordering::Relaxed);
         self.global.push_list(list, now);
     }
 
     /// Moves every cached chunk (local and shared) to the global cache.
-    pub fn flush(&mut self) {
-        self.flush_local();
-        let now = os::now_ms();
+    ///
+    /// # Safety
+    /// The caller holds the heap lock.
+    pub unsafe fn flush(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.flush_local() };
+        self.flush_shared(os::now_ms());
+    }
+
+    /// Moves the shared stacks to the global cache. Any thread may call
+    /// this (the stacks have no single-node pop).
+    fn flush_shared(&self, now: u64) {
+        if self.shared_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         for s in self.shared.iter() {
             let list = s.take_all();
-            self.global.push_list(list, now);
+            let mut c = list;
+            let mut n = 0;
+            while !c.is_null() {
+                n += 1;
+                // SAFETY: the taken list is ours.
+                c = unsafe { (*c).link.load(Ordering::Relaxed) };
+            }
+            if n != 0 {
+                self.shared_count.fetch_sub(n, Ordering::Relaxed);
+                self.global.push_list(list, now);
+            }
         }
+    }
+
+    /// What a thread reclaiming from an idle provider does: moves the
+    /// shared stacks to the global cache, and the local lists too when they
+    /// have waited a purge delay (or with `all`).
+    ///
+    /// # Safety
+    /// The caller holds the heap lock.
+    pub unsafe fn flush_idle(&self, now: u64, all: bool) {
+        let stale = now.saturating_sub(self.last_flush_ms.load(Ordering::Relaxed))
+            >= config::purge_delay_ms();
+        if all || stale {
+            // SAFETY: forwarded contract.
+            unsafe { self.flush_local() };
+        }
+        self.flush_shared(now);
     }
 
     /// Slow-path housekeeping: flush local lists older than the purge delay
     /// or when another heap asked, and purge the global cache when due.
-    pub fn maintain(&mut self, now: u64) {
+    ///
+    /// # Safety
+    /// The caller holds the heap lock.
+    pub unsafe fn maintain(&self, now: u64) {
         let epoch = self.global.flush_epoch.load(Ordering::Acquire);
-        if epoch != self.seen_epoch {
-            self.seen_epoch = epoch;
-            self.flush();
-        } else if self.local_count.load(Ordering::Relaxed) > 0
-            && now.saturating_sub(self.last_flush_ms) >= config::purge_delay_ms()
-        {
-            self.flush_local();
+        // SAFETY: forwarded contract.
+        unsafe {
+            if epoch != self.seen_epoch.load(Ordering::Relaxed) {
+                self.seen_epoch.store(epoch, Ordering::Relaxed);
+                self.flush();
+            } else if self.local_count.load(Ordering::Relaxed) > 0
+                && now.saturating_sub(self.last_flush_ms.load(Ordering::Relaxed))
+                    >= config::purge_delay_ms()
+            {
+                self.flush_local();
+            }
         }
         self.global.purge(now, false, self.budget, &self.pages);
     }
 
     /// Flushes this provider and decommits everything in the global cache.
     /// Returns the bytes given back.
-    pub fn purge_all(&mut self) -> usize {
-        self.flush();
+    ///
+    /// # Safety
+    /// The caller holds the heap lock.
+    pub unsafe fn purge_all(&self) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.flush() };
         self.global
             .purge(os::now_ms(), true, self.budget, &self.pages)
     }
@@ -701,14 +848,39 @@ mod tests {
         Box::leak(Box::new(v))
     }
 
+    /// What a heap's chunk acquisition does, minus the other heaps: own
+    /// lists, the global cache, the OS; out of budget, relieve and retry.
+    fn get<A: Allocator>(p: &Provider<A>, cls: usize) -> *mut Chunk {
+        for attempt in 0..2 {
+            // SAFETY: the test is the provider's only user (its "lock").
+            let c = unsafe { p.acquire(cls) };
+            if !c.is_null() {
+                return c;
+            }
+            let c = p.acquire_global(cls);
+            if !c.is_null() {
+                return c;
+            }
+            let c = p.map_new(cls);
+            if !c.is_null() {
+                return c;
+            }
+            if attempt == 0 {
+                // SAFETY: as above.
+                unsafe { p.relieve() };
+            }
+        }
+        ptr::null_mut()
+    }
+
     #[test]
     fn chunks_are_reused_cached_and_accounted_to_zero() {
         let live = leak(AtomicUsize::new(0));
         let budget = leak(Budget::new());
         let global = leak(GlobalCache::new());
-        let mut p = Provider::new(Counting(live), budget, global);
-        let a = p.acquire(0);
-        let b = p.acquire(7);
+        let p = Provider::new(Counting(live), budget, global);
+        let a = get(&p, 0);
+        let b = get(&p, 7);
         assert!(!a.is_null() && !b.is_null());
         assert_eq!(a as usize % CHUNK_SIZE, 0);
         assert_eq!(budget.committed(), 64 * 1024 + 512 * 1024);
@@ -718,22 +890,25 @@ mod tests {
             p.release(a);
             p.release(b);
         }
-        assert_eq!(p.acquire(0), a, "local list is reused first");
+        assert_eq!(get(&p, 0), a, "local list is reused first");
         // SAFETY: as above.
         unsafe { p.release(a) };
-        p.flush();
+        // SAFETY: the test is the provider's only user.
+        unsafe { p.flush() };
         let st = global.stats();
         assert_eq!(st.committed_count, 2);
-        assert_eq!(p.acquire(7), b, "then the global cache");
+        assert_eq!(get(&p, 7), b, "then the global cache");
         // SAFETY: as above.
-        unsafe { p.release(b) };
-        p.purge_all();
+        unsafe {
+            p.release(b);
+            p.purge_all();
+        }
         let st = global.stats();
         assert_eq!(st.committed_count, 0);
         assert_eq!(st.decommitted_count, 2);
         assert_eq!(budget.committed(), 2 * os::page_size());
         // A decommitted chunk comes back fresh and zeroed.
-        let b2 = p.acquire(7);
+        let b2 = get(&p, 7);
         assert_eq!(b2, b);
         // SAFETY: b2 is a committed chunk of 512 KiB.
         unsafe {
@@ -744,16 +919,13 @@ mod tests {
             );
             assert!(s.iter().all(|&x| x == 0));
             p.release(b2);
+            p.purge_all();
         }
-        p.purge_all();
         assert_eq!(live.load(Ordering::Relaxed), 64 * 1024 + 512 * 1024);
         // Unmapping everything returns the byte accounting to its start.
         global.lock.lock();
-        // SAFETY: test-only teardown with the lock held.
-        let lists = unsafe { &mut *global.lists.get() };
-        for head in lists.iter_mut() {
-            let mut c = *head;
-            *head = ptr::null_mut();
+        for head in global.lists.iter() {
+            let mut c = head.swap(ptr::null_mut(), Ordering::Relaxed);
             while !c.is_null() {
                 // SAFETY: cached, unreachable chunks.
                 unsafe {
@@ -774,18 +946,18 @@ mod tests {
         let budget = leak(Budget::new());
         let global = leak(GlobalCache::new());
         budget.set_limit(Some(3 * 64 * 1024));
-        let mut p = Provider::new(Counting(live), budget, global);
-        let cs: Vec<_> = (0..3).map(|_| p.acquire(0)).collect();
+        let p = Provider::new(Counting(live), budget, global);
+        let cs: Vec<_> = (0..3).map(|_| get(&p, 0)).collect();
         assert!(cs.iter().all(|c| !c.is_null()));
-        assert!(p.acquire(0).is_null(), "cap reached");
+        assert!(get(&p, 0).is_null(), "cap reached");
         assert!(budget.committed() <= 3 * 64 * 1024);
         // SAFETY: unused chunks of this provider.
         unsafe { p.release(cs[0]) };
-        assert_eq!(p.acquire(0), cs[0]);
+        assert_eq!(get(&p, 0), cs[0]);
         // A cached chunk of another class is decommitted to make room.
         // SAFETY: as above.
         unsafe { p.release(cs[1]) };
-        let big = p.acquire(1);
+        let big = get(&p, 1);
         assert!(
             big.is_null(),
             "128 KiB does not fit even after purging 60 KiB"
@@ -798,8 +970,8 @@ mod tests {
         let live = leak(AtomicUsize::new(0));
         let budget = leak(Budget::new());
         let global = leak(GlobalCache::new());
-        let mut p = Provider::new(Counting(live), budget, global);
-        let cs: Vec<usize> = (0..16).map(|_| p.acquire(0) as usize).collect();
+        let p = Provider::new(Counting(live), budget, global);
+        let cs: Vec<usize> = (0..16).map(|_| get(&p, 0) as usize).collect();
         let pr = &p;
         std::thread::scope(|s| {
             for part in cs.chunks(4) {
@@ -811,7 +983,7 @@ mod tests {
                 });
             }
         });
-        let mut back: Vec<usize> = (0..16).map(|_| p.acquire(0) as usize).collect();
+        let mut back: Vec<usize> = (0..16).map(|_| get(&p, 0) as usize).collect();
         back.sort();
         let mut want = cs.clone();
         want.sort();

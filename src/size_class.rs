@@ -31,6 +31,9 @@ pub const CHUNK_SHIFT: u32 = 16;
 pub const SLAB_HEADER: usize = 128;
 /// Every slab chunk holds at least this many blocks.
 pub const MIN_SLAB_BLOCKS: usize = 4;
+/// The most blocks a slab chunk holds (16-byte blocks in a 64 KiB chunk):
+/// a chunk's `used` count is always at most this.
+pub const MAX_SLAB_BLOCKS: u32 = ((CHUNK_SIZE - SLAB_HEADER) / OBJ_GRANULE) as u32;
 /// Number of chunk classes (64 KiB .. 8 MiB).
 pub const NUM_CHUNK_CLASSES: usize = 40;
 /// Largest footprint an oversized (cacheable) chunk may have; larger

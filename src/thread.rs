@@ -25,6 +25,7 @@ use crate::budget;
 use crate::config;
 use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP};
 use crate::os;
+use crate::registry;
 use crate::size_class::CHUNK_SIZE;
 
 /// The thread's heap pointer on x86-64 Linux: an initial-exec TLS
@@ -135,7 +136,7 @@ fn attach() -> *mut Heap {
         return cur;
     }
     config::init();
-    let h = heap::acquire();
+    let h = registry::acquire();
     if h.is_null() {
         return h;
     }
@@ -165,7 +166,7 @@ fn install_hooks() {
                 os::fatal("pthread_key_create failed");
             }
             KEY = key;
-            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+            libc::pthread_atfork(None, None, Some(fork_child));
             libc::atexit(process_exit);
         }
         HOOKS.store(2, Ordering::Release);
@@ -191,21 +192,21 @@ extern "C" fn thread_exit(value: *mut libc::c_void) {
     }
     tls::set(DEAD_HEAP.as_ptr());
     // SAFETY: `h` was this thread's heap and the thread uses it no more.
-    unsafe { heap::abandon(h) };
+    unsafe { registry::abandon(h) };
 }
 
 /// An allocation from a thread whose exit destructor has run: borrow a
 /// heap (adopting an abandoned one if possible), allocate, abandon it again.
 #[cold]
 fn alloc_dead_thread(size: usize, align: usize, zero: bool) -> *mut u8 {
-    let h = heap::acquire();
+    let h = registry::acquire();
     if h.is_null() {
         return fail(size);
     }
     // SAFETY: `h` is exclusively ours until abandoned below.
     unsafe {
         let p = heap::malloc_aligned(h, size, align, zero);
-        heap::abandon(h);
+        registry::abandon(h);
         if p.is_null() {
             return fail(size);
         }
@@ -219,23 +220,32 @@ extern "C" fn process_exit() {
     }
 }
 
-extern "C" fn fork_prepare() {
-    for l in heap::global_locks() {
-        l.lock();
-    }
-}
-
-extern "C" fn fork_parent() {
-    for l in heap::global_locks().iter().rev() {
-        l.unlock();
-    }
-}
-
+/// `fork` takes no chunkmalloc lock: holding one across `fork` deadlocks
+/// with an `atfork` handler registered before ours that allocates (it
+/// runs while we would hold our locks), with stdio (glibc takes its list
+/// lock after the `atfork` prepare handlers, while a thread inside
+/// `malloc` may hold a `FILE` lock), and with a `fork` from a signal
+/// handler that interrupted our own prepare handler. Instead the child
+/// repairs what a thread that did not survive the fork may have left
+/// half-done (see `registry::after_fork_child`,
+/// `GlobalCache::after_fork_child`).
 extern "C" fn fork_child() {
-    for l in heap::global_locks().iter().rev() {
-        l.force_unlock();
+    crate::provider::GLOBAL_CACHE.after_fork_child();
+    if !registry::after_fork_child(current()) {
+        // A vanished thread was reclaiming from our heap: start over with
+        // a new one (the old one's blocks stay valid).
+        tls::set(EMPTY_HEAP.as_ptr());
     }
-    heap::orphan_others(current());
+}
+
+/// Installs the process-wide hooks (thread-exit key, `fork` child handler,
+/// exit statistics) now, by attaching the calling thread: the preload
+/// library calls this from its load-time constructor, so that our `fork`
+/// handler is registered before most programs' own.
+pub fn init_at_load() {
+    if current() == EMPTY_HEAP.as_ptr() {
+        attach();
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+//! The remote-free list of a slab chunk, with the full-chunk notification
+//! folded into the same word.
+//!
+//! A block freed by a thread that does not own the chunk is pushed here
+//! with one CAS. The word packs three things:
+//!
+//! | bits | meaning |
+//! |---|---|
+//! | 48..64 | number of blocks on the list (a slab has at most 4,088) |
+//! | 4..48 | head block (blocks are 16-byte aligned; user addresses are below 2^48) |
+//! | 0..2 | notification state: [`NONE`], [`WANT`], [`QUEUED`] |
+//!
+//! The owner takes the list and its length with one atomic operation and
+//! never walks it. Because the state shares the word with the list, the
+//! CAS that publishes a block is also the one that claims the notification
+//! of a chunk its owner detached as full (`WANT` → `QUEUED`): the freer
+//! that claimed it is then the only one that may still touch the chunk
+//! (to put it on the owner's pending stack), and the owner cannot retire
+//! a `QUEUED` chunk before it has come off that stack. A freer that did
+//! not claim a notification touches nothing in the chunk after its CAS,
+//! because from that instant the owner may collect the block, retire the
+//! chunk and unmap it. A CAS cannot succeed against a stale length or
+//! state, so there is no ABA on either.
+
+use crate::sync::atomic::{AtomicUsize, Ordering};
+
+/// A free block: its first word links to the next.
+#[repr(C)]
+pub struct Block {
+    /// Next free block, or null.
+    pub next: *mut Block,
+}
+
+/// Bit position of the length.
+pub const COUNT_SHIFT: u32 = 48;
+/// The notification-state bits.
+pub const STATE_MASK: usize = 3;
+const PTR_MASK: usize = ((1 << COUNT_SHIFT) - 1) & !15;
+
+/// State: nobody waits for a remote free.
+pub const NONE: usize = 0;
+/// State: the owner asked to be told: the next remote free claims the
+/// notification and queues the chunk on the owner's pending stack.
+pub const WANT: usize = 1;
+/// State: a freer claimed the notification; the chunk is (or is about to
+/// be) on the owner's pending stack, and only the owner's processing of
+/// that stack returns the state to `NONE`.
+pub const QUEUED: usize = 2;
+
+/// The list head of a chunk's remote frees.
+pub struct RemoteList {
+    word: AtomicUsize,
+}
+
+/// What [`RemoteList::take`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// First block (null when none).
+    pub head: *mut Block,
+    /// Number of blocks on the list.
+    pub count: u32,
+    /// The state before the take.
+    pub state: usize,
+}
+
+#[inline(always)]
+fn unpack(w: usize) -> Taken {
+    Taken {
+        head: (w & PTR_MASK) as *mut Block,
+        count: (w >> COUNT_SHIFT) as u32,
+        state: w & STATE_MASK,
+    }
+}
+
+impl RemoteList {
+    /// An empty list in state `NONE`.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        RemoteList {
+            word: AtomicUsize::new(0),
+        }
+    }
+
+    /// An empty list in state `NONE`.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        RemoteList {
+            word: AtomicUsize::new(0),
+        }
+    }
+
+    /// Resets to empty and `NONE` (the caller holds the chunk exclusively).
+    #[inline]
+    pub fn reset(&self) {
+        self.word.store(0, Ordering::Relaxed);
+    }
+
+    /// The word now (Acquire), unpacked.
+    #[inline]
+    pub fn peek(&self) -> Taken {
+        unpack(self.word.load(Ordering::Acquire))
+    }
+
+    /// Whether any block is on the list (a hint; Relaxed).
+    #[inline(always)]
+    pub fn has_blocks(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !STATE_MASK != 0
+    }
+
+    /// Pushes `b`. Returns true when this push claimed the notification
+    /// (`WANT` → `QUEUED`): the caller must then put the chunk on its
+    /// owner's pending stack. Exactly one push per arming returns true.
+    ///
+    /// After this returns false the caller must not touch the chunk
+    /// again: the owner may already have collected `b` and retired it.
+    ///
+    /// # Safety
+    /// `b` is a block of this list's chunk, 16-byte aligned, below 2^48,
+    /// no longer used by the caller; the chunk is live (the caller holds
+    /// one of its blocks, `b`, so its owner cannot retire it).
+    #[inline(always)]
+    pub unsafe fn push(&self, b: *mut Block) -> bool {
+        let mut w = self.word.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `b` is ours until the CAS publishes it.
+            unsafe { (*b).next = (w & PTR_MASK) as *mut Block };
+            let st = w & STATE_MASK;
+            let nst = if st == WANT { QUEUED } else { st };
+            let new = ((w >> COUNT_SHIFT) + 1) << COUNT_SHIFT | b as usize | nst;
+            // Release publishes the block's link (and the program's writes
+            // to it) to the owner's Acquire take; Acquire orders the
+            // owner's arming before a claimer's writes to the chunk.
+            match self
+                .word
+                .compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return st == WANT,
+                Err(x) => w = x,
+            }
+        }
+    }
+
+    /// Takes every block, leaving the state as it is (a chunk that is on
+    /// a pending stack stays `QUEUED`, so it cannot be queued twice).
+    #[inline]
+    pub fn take(&self) -> Taken {
+        if !self.has_blocks() {
+            return unpack(0);
+        }
+        unpack(self.word.fetch_and(STATE_MASK, Ordering::Acquire))
+    }
+
+    /// Takes every block and returns the state to `NONE`: only for a
+    /// chunk that just came off its owner's pending stack.
+    #[inline]
+    pub fn take_and_clear(&self) -> Taken {
+        unpack(self.word.swap(0, Ordering::Acquire))
+    }
+
+    /// Arms the notification: `NONE` with no blocks → `WANT`. False if
+    /// blocks are on the list or the state is not `NONE`.
+    #[inline]
+    pub fn try_arm(&self) -> bool {
+        self.word
+            .compare_exchange(NONE, WANT, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes the request back: `WANT` → `NONE`. False if a freer already
+    /// claimed it (`QUEUED`) or it was not armed.
+    #[inline]
+    pub fn try_disarm(&self) -> bool {
+        self.word
+            .compare_exchange(WANT, NONE, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+#[cfg(not(loom))]
+impl Default for RemoteList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
