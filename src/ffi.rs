@@ -102,9 +102,10 @@ unsafe fn do_realloc(p: *mut c_void, size: usize) -> *mut c_void {
 }
 
 /// Aligned allocation with glibc's `memalign` semantics: `align` is a power
-/// of two here.
+/// of two here. A size or an alignment no mapping could satisfy fails with
+/// `ENOMEM` at once, without purging caches first.
 fn do_aligned(align: usize, size: usize) -> *mut c_void {
-    if size > MAX_REQUEST {
+    if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return oom();
     }
     let p = if align <= MIN_ALIGN {
@@ -252,21 +253,21 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
     do_aligned(align, size)
 }
 
-/// `memalign(3)`: glibc rounds a non-power-of-two alignment up to the next
-/// power of two; too large an alignment gives `EINVAL`.
+/// `memalign(3)` as glibc documents it: an alignment above
+/// `SIZE_MAX / 2 + 1` gives `NULL` + `EINVAL`; any other alignment that is
+/// not a power of two is rounded up to the next one; an alignment that is
+/// valid but too large to satisfy (such as 2^62 or 2^63) gives `NULL` +
+/// `ENOMEM`, like any other allocation failure.
 ///
 /// # Safety
 /// C's contract.
 #[no_mangle]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    // `None` exactly when `align > SIZE_MAX / 2 + 1`.
     let Some(a) = align.max(1).checked_next_power_of_two() else {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     };
-    if a > MAX_REQUEST / 2 {
-        set_errno(libc::EINVAL);
-        return ptr::null_mut();
-    }
     do_aligned(a, size)
 }
 

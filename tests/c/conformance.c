@@ -887,6 +887,101 @@ static void sec_aligned_alloc_bad(void)
     }
 }
 
+/*
+ * memalign with glibc's documented rules: an alignment above SIZE_MAX/2 + 1
+ * is EINVAL; any other alignment that is not a power of two is rounded up to
+ * the next one; a valid alignment too large to satisfy is NULL + ENOMEM.
+ * aligned_alloc and posix_memalign reject bad alignments by their own rules
+ * (checked above) but fail a valid, unsatisfiable one with ENOMEM as well.
+ */
+static void sec_memalign_errors(void)
+{
+    const size_t p62 = (size_t)1 << 62, p63 = (size_t)1 << 63;
+    static const char *const fn_names[] = {"memalign", "__libc_memalign"};
+    void *(*fns[2])(size_t, size_t) = {NULL, NULL};
+    if (own("memalign", own_memalign))
+        fns[0] = cm_memalign;
+    if (w_libc_memalign && same_as_malloc("__libc_memalign", (void *)w_libc_memalign))
+        fns[1] = w_libc_memalign;
+    const struct {
+        size_t align, size;
+        int want;
+        const char *what;
+    } fail_cases[] = {
+        {p62, 16, ENOMEM, "2^62, 16"},
+        {p63, 16, ENOMEM, "2^63, 16"},
+        {p62 + 1, 16, ENOMEM, "2^62+1 (rounds up to 2^63), 16"},
+        {p63 - 1, 16, ENOMEM, "2^63-1 (rounds up to 2^63), 16"},
+        {p62, SIZE_MAX, ENOMEM, "2^62, SIZE_MAX"},
+        {p63 + 1, 16, EINVAL, "2^63+1 (above SIZE_MAX/2+1), 16"},
+        {SIZE_MAX, 16, EINVAL, "SIZE_MAX, 16"},
+        {16, SIZE_MAX, ENOMEM, "16, SIZE_MAX"},
+        {4096, (size_t)PTRDIFF_MAX + 1, ENOMEM, "4096, PTRDIFF_MAX+1"},
+    };
+    /* not a power of two: rounded up, so the block has the next power's
+     * alignment (a request at most 16 is plain malloc alignment) */
+    static const struct {
+        size_t align, size, want_align;
+    } round_cases[] = {
+        {0, 100, 16},       {3, 100, 4},         {24, 100, 32},
+        {4097, 100, 8192},  {3 * 4096, 5000, 16384}, {((size_t)1 << 20) + 1, 100, (size_t)2 << 20},
+    };
+    for (int f = 0; f < 2; f++) {
+        if (!fns[f])
+            continue;
+        for (size_t i = 0; i < sizeof fail_cases / sizeof fail_cases[0]; i++) {
+            errno = 0;
+            void *p = fns[f](fail_cases[i].align, fail_cases[i].size);
+            int e = errno;
+            check(p == NULL && e == fail_cases[i].want,
+                  "%s(%s): got %p errno %d, want NULL errno %s", fn_names[f], fail_cases[i].what,
+                  p, e, fail_cases[i].want == ENOMEM ? "ENOMEM" : "EINVAL");
+            if (p)
+                cm_free(p);
+        }
+        for (size_t i = 0; i < sizeof round_cases / sizeof round_cases[0]; i++) {
+            size_t a = round_cases[i].align, n = round_cases[i].size;
+            unsigned char *p = fns[f](a, n);
+            check(p && is_aligned(p, round_cases[i].want_align) && usable(p) >= n,
+                  "%s(%zu, %zu) returned %p, want a block aligned to %zu", fn_names[f], a, n,
+                  (void *)p, round_cases[i].want_align);
+            if (p)
+                memset(p, 0x5A, n);
+            cm_free(p);
+        }
+    }
+    const size_t huge[] = {p62, p63};
+    for (size_t i = 0; i < 2; i++) {
+        if (own_aligned_alloc) {
+            errno = 0;
+            void *p = cm_aligned_alloc(huge[i], 16);
+            int e = errno;
+            check(p == NULL && e == ENOMEM,
+                  "aligned_alloc(2^%d, 16): got %p errno %d, want NULL errno ENOMEM", 62 + (int)i,
+                  p, e);
+            if (p)
+                cm_free(p);
+        }
+        if (own_posix_memalign) {
+            void *p = NULL;
+            int r = cm_posix_memalign(&p, huge[i], 16);
+            check(r == ENOMEM, "posix_memalign(2^%d, 16) returned %d, want ENOMEM", 62 + (int)i,
+                  r);
+            if (r == 0)
+                cm_free(p);
+        }
+    }
+    if (own_aligned_alloc) {
+        errno = 0;
+        void *p = cm_aligned_alloc(p63 + 1, 16);
+        int e = errno;
+        check(p == NULL && e == EINVAL,
+              "aligned_alloc(2^63+1, 16): got %p errno %d, want NULL errno EINVAL", p, e);
+        if (p)
+            cm_free(p);
+    }
+}
+
 static void sec_valloc_pvalloc(void)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -1331,6 +1426,7 @@ int main(int argc, char **argv)
     run_section("posix_memalign errors", sec_posix_memalign_errors);
     run_section("aligned allocation", sec_aligned);
     run_section("aligned_alloc bad alignment", sec_aligned_alloc_bad);
+    run_section("memalign errors", sec_memalign_errors);
     run_section("valloc/pvalloc", sec_valloc_pvalloc);
     run_section("malloc_usable_size", sec_usable_size);
     run_section("free_sized", sec_free_sized);
