@@ -191,17 +191,39 @@ pub fn now_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
-/// Writes bytes to stderr with `write(2)`: no buffering, no allocation.
+/// Writes bytes to stderr with the raw `write` system call: no buffering,
+/// no allocation, `errno` unchanged. libc's `write` is a cancellation point,
+/// so a thread with a pending cancellation request would be cancelled
+/// inside `free` or `malloc_stats` and print nothing (glibc's own bug
+/// 22830); `syscall(SYS_write, ..)` never acts on cancellation. Retries
+/// after `EINTR` and partial writes; gives up on any other error.
 pub fn write_stderr(bytes: &[u8]) {
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        // SAFETY: the slice is valid for reads of its length.
-        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            return;
+    keep_errno(|| {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // SAFETY: SYS_write only reads `rest.len()` bytes from
+            // `rest.as_ptr()`, which the slice keeps valid for reads.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_write,
+                    libc::STDERR_FILENO as libc::c_long,
+                    rest.as_ptr(),
+                    rest.len(),
+                )
+            };
+            if n > 0 {
+                // The kernel never reports more than it was given; `get`
+                // keeps a panic path out all the same.
+                rest = rest.get(n as usize..).unwrap_or_default();
+            } else if n < 0 && errno() == libc::EINTR {
+                continue;
+            } else {
+                // 0 or another error: give up (a message is not worth
+                // spinning for).
+                return;
+            }
         }
-        rest = &rest[n as usize..];
-    }
+    });
 }
 
 /// Aborts the process after printing `msg`; used where continuing would

@@ -21,7 +21,8 @@
  *         object, otherwise a program calling it would mix two heaps;
  *       - free() of pointers the allocator never handed out (static array,
  *         stack array, private mmap) must not crash, must not write to the
- *         foreign memory, and must report the address on stderr.
+ *         foreign memory, and must report the address on stderr; also with
+ *         a deferred cancellation request pending, which it must not act on.
  *     Without it, a function that the preloaded allocator does not provide
  *     (so that glibc's version would be called on a foreign heap) is reported
  *     as XFAIL (functions glibc's manual says a replacement should provide) or
@@ -42,6 +43,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -70,6 +72,7 @@ static void *(*volatile cm_pvalloc)(size_t) = pvalloc;
 static size_t (*volatile cm_usable)(void *) = malloc_usable_size;
 static int (*volatile cm_malloc_trim)(size_t) = malloc_trim;
 static int (*volatile cm_mallopt)(int, int) = mallopt;
+static void (*volatile cm_malloc_stats)(void) = malloc_stats;
 
 /*
  * Optional symbols.  They are declared weak under a private C name bound to
@@ -1340,6 +1343,118 @@ static void sec_foreign_free(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Deferred cancellation does not act inside the allocator.                 */
+
+/*
+ * A thread with cancellation enabled (deferred) and a cancel request pending
+ * calls malloc_stats() or, in strict mode, free() of a foreign pointer, each
+ * of which writes to stderr.  Neither may act on the request (glibc's bug
+ * 22830: malloc_stats must not be a cancellation point): the thread must get
+ * as far as an explicit pthread_testcancel() and be cancelled there.
+ * pthread_cancel() on itself is not enough to leave a request pending in
+ * every implementation, so a second thread sends it while the target waits
+ * on a barrier (pthread_barrier_wait is not a cancellation point).
+ */
+enum { CANCEL_IN_STATS, CANCEL_IN_FOREIGN_FREE };
+/* how far the target thread got; CP_AT_TESTCANCEL is recorded just before
+ * its pthread_testcancel() */
+enum { CP_START, CP_AT_TESTCANCEL, CP_PAST_TESTCANCEL };
+static pthread_barrier_t cancel_barrier;
+static volatile int cancel_progress;
+
+static void *cancel_target(void *arg)
+{
+    int what = (int)(intptr_t)arg, old;
+    pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, &old);
+    pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, &old);
+    pthread_barrier_wait(&cancel_barrier); /* the sender may go ahead */
+    pthread_barrier_wait(&cancel_barrier); /* it has called pthread_cancel */
+    if (what == CANCEL_IN_STATS)
+        cm_malloc_stats();
+    else
+        cm_free(static_area + 128);
+    cancel_progress = CP_AT_TESTCANCEL;
+    pthread_testcancel();
+    cancel_progress = CP_PAST_TESTCANCEL;
+    return NULL;
+}
+
+static void *cancel_sender(void *arg)
+{
+    pthread_t target = *(pthread_t *)arg;
+    pthread_barrier_wait(&cancel_barrier);
+    int r = pthread_cancel(target);
+    pthread_barrier_wait(&cancel_barrier);
+    return (void *)(intptr_t)r;
+}
+
+/* Runs cancel_target(what) with a cancel pending; its stderr (read back from
+ * a temporary file) goes to err[0..len).  Returns 0 if the threads ran. */
+static int cancel_round(int what, char *err, size_t len)
+{
+    FILE *out = tmpfile();
+    if (!out) {
+        check(0, "tmpfile: %s", strerror(errno));
+        return -1;
+    }
+    fflush(stderr);
+    int saved_err = dup(2);
+    dup2(fileno(out), 2);
+    pthread_t target, sender;
+    void *target_ret = NULL, *sender_ret = NULL;
+    pthread_barrier_init(&cancel_barrier, NULL, 2);
+    cancel_progress = CP_START;
+    int r = pthread_create(&target, NULL, cancel_target, (void *)(intptr_t)what);
+    if (r == 0) {
+        /* if this fails, the target stays on the barrier until _exit */
+        r = pthread_create(&sender, NULL, cancel_sender, &target);
+        if (r == 0) {
+            pthread_join(sender, &sender_ret);
+            pthread_join(target, &target_ret);
+            pthread_barrier_destroy(&cancel_barrier);
+        }
+    }
+    dup2(saved_err, 2);
+    close(saved_err);
+    rewind(out);
+    size_t got = fread(err, 1, len - 1, out);
+    err[got] = '\0';
+    fclose(out);
+    if (r != 0) {
+        check(0, "pthread_create: %s", strerror(r));
+        return -1;
+    }
+    const char *call = what == CANCEL_IN_STATS ? "malloc_stats()" : "free() of a foreign pointer";
+    check(sender_ret == NULL, "pthread_cancel returned %d", (int)(intptr_t)sender_ret);
+    check(cancel_progress >= CP_AT_TESTCANCEL,
+          "a thread with a deferred cancel pending was cancelled inside %s", call);
+    check(cancel_progress != CP_PAST_TESTCANCEL && target_ret == PTHREAD_CANCELED,
+          "the thread that called %s was not cancelled at pthread_testcancel()", call);
+    return 0;
+}
+
+static void sec_cancel(void)
+{
+    static char err[16384];
+    if (usable_symbol("malloc_stats", (void *)malloc_stats, L_OPTIONAL) &&
+        cancel_round(CANCEL_IN_STATS, err, sizeof err) == 0 && strict_mode)
+        check(strstr(err, "chunkmalloc statistics") != NULL,
+              "malloc_stats() with a cancel pending wrote no statistics; stderr was: %.300s",
+              err);
+    if (!strict_mode) {
+        note("SKIP", "free of a foreign pointer with a cancel pending (set "
+                     "CONFORMANCE_EXPECT_CHUNKMALLOC=1; glibc aborts on it)");
+        return;
+    }
+    uintptr_t addr = (uintptr_t)(static_area + 128);
+    if (cancel_round(CANCEL_IN_FOREIGN_FREE, err, sizeof err) == 0)
+        check(contains_hex(err, addr),
+              "free() of a foreign pointer with a cancel pending did not report %p; stderr "
+              "was: %.300s",
+              (void *)addr, err);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static int nofork;
 
@@ -1434,6 +1549,7 @@ int main(int argc, char **argv)
     run_section("__libc_* aliases", sec_libc_aliases);
     run_section("malloc_trim/mallinfo2/mallopt", sec_trim_mallinfo_mallopt);
     run_section("foreign free", sec_foreign_free);
+    run_section("cancellation", sec_cancel);
 
     if (S->skip || S->xfail)
         printf("INFO: %ld skipped, %ld expected failures (not counted)\n", S->skip, S->xfail);
