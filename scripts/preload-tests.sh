@@ -19,6 +19,23 @@
 #                     abandoned, in atexit handlers and destructors
 #      tls_dtor       C++ thread_local destructors that allocate (built with
 #                     $CXX, default g++; SKIP when there is no C++ compiler)
+#      fork_atfork_alloc  pthread_atfork handlers, registered before the
+#                     allocator's, that malloc 16 MiB and a small block;
+#                     forks from main and from a thread while another
+#                     thread allocates (fork_atfork_alloc-child: only the
+#                     child handler allocates)
+#      fork_stdio     fork() while threads malloc/free, fprintf, getline and
+#                     fflush(NULL) (glibc's tst-malloc-fork-deadlock shape)
+#      fork_signal    fork() from a SIGUSR1 handler while the single thread
+#                     mallocs, frees and forks (glibc's tst-mallocfork2 shape)
+#      idle_owner-rss memory freed by main while its owner thread is idle
+#                     must leave the resident set (after malloc_trim; without
+#                     it, within 2 s - that part only for chunkmalloc)
+#      flow_stress    8 threads, 16 B..32 MiB, cross-thread frees, exiting
+#                     threads, malloc_trim, 64 MiB live under
+#                     CHUNKMALLOC_BUDGET=96MiB; ~20 s
+#    These, and the chunkmalloc-only C tests below, run under
+#    `timeout 60`, so a deadlock is a FAIL (exit status 124).
 # 2. Runs real programs with and without the preload and compares their
 #    standard output (and exit status) byte for byte: python3
 #    (PYTHONMALLOC=malloc), git, gcc (and the program it builds), perl,
@@ -32,6 +49,12 @@
 #                     recover, print its result line and exit 0
 #      show-stats     CHUNKMALLOC_SHOW_STATS=1 python3 -c pass prints the
 #                     "chunkmalloc statistics" table on stderr
+#      idle_owner-budget  CHUNKMALLOC_BUDGET=320MiB: after main frees what an
+#                     idle thread allocated (256 x 1 MiB; 200 MiB of small
+#                     blocks), main's own 1 MiB allocations must not fail
+#      first_alloc_last_round  threads whose first allocation is in their
+#                     last key-destructor round must not leave heaps or
+#                     committed memory behind (malloc_stats/mallinfo2)
 #
 # Prints "ok <name>", "FAIL <name>" or "SKIP <name>" per test, and finally
 #   preload: N passed, M failed
@@ -110,7 +133,8 @@ echo "preload-tests: library $LIB"
 
 # ----------------------------------------------------------------------------
 # Build the C programs.
-PROGRAMS=(conformance stress fork_threads budget_enomem lifecycle)
+PROGRAMS=(conformance stress fork_threads budget_enomem lifecycle fork_atfork_alloc fork_stdio fork_signal
+    idle_owner first_alloc_last_round flow_stress)
 declare -A BUILT=()
 for prog in "${PROGRAMS[@]}"; do
     if "$CC" -O2 -pthread -Wall -Wextra -o "$BUILD/$prog" "$ROOT/tests/c/$prog.c" -ldl \
@@ -162,8 +186,12 @@ fi
 # C test programs under the preload.  Each must exit 0 and end with
 # "<label>: N passed, 0 failed".
 # run_c NAME LABEL [VAR=VALUE...] [-- PROGRAM-ARGUMENTS...]
+# RUN_C_TIMEOUT (seconds, default 300) and RUN_C_NAME (the name reported
+# and of the log, default NAME: for a program run more than once) may be
+# set for one call: RUN_C_TIMEOUT=60 run_c ...
 run_c() {
-    local name=$1 label=$2
+    local name=$1 label=$2 limit=${RUN_C_TIMEOUT:-300}
+    local shown=${RUN_C_NAME:-$1}
     shift 2
     local -a envs=() args=()
     while [[ $# -gt 0 && "$1" != -- ]]; do
@@ -175,18 +203,18 @@ run_c() {
         args=("$@")
     fi
     if [[ -z "${BUILT[$name]:-}" ]]; then
-        skip "$name" "not built"
+        skip "$shown" "not built"
         return
     fi
-    local log="$LOGS/$name.log" rc=0
+    local log="$LOGS/$shown.log" rc=0
     set +e
-    timeout 300 env LD_PRELOAD="$LIB" "${envs[@]}" "$BUILD/$name" "${args[@]}" >"$log" 2>&1
+    timeout "$limit" env LD_PRELOAD="$LIB" "${envs[@]}" "$BUILD/$name" "${args[@]}" >"$log" 2>&1
     rc=$?
     set -e
     if [[ $rc -eq 0 ]] && tail -n 1 "$log" | grep -Eq "^$label: [0-9]+ passed, 0 failed\$"; then
-        ok "$name"
+        ok "$shown"
     else
-        fail "$name" "exit status $rc$([[ $rc -eq 124 ]] && echo ' (timeout)')"
+        fail "$shown" "exit status $rc$([[ $rc -eq 124 ]] && echo " (timeout after $limit s)")"
         grep -E '^FAIL' "$log" | head -n 40 | sed 's/^/    | /' || true
         grep -vE '^FAIL' "$log" | tail -n 5 | sed 's/^/    | /' || true
     fi
@@ -204,6 +232,23 @@ if [[ -n "${BUILT[tls_dtor]:-}" ]]; then
     run_c tls_dtor tls_dtor
 else
     skip tls_dtor "no C++ compiler ($CXX)"
+fi
+# Defect regressions (tests/c/*.c headers say what each asserts).  Bounded:
+# a deadlock must end as a FAIL, not as a stuck run.
+RUN_C_TIMEOUT=60 run_c fork_atfork_alloc fork_atfork_alloc
+# only the child handler allocates: the child-side deadlock on its own
+RUN_C_TIMEOUT=60 RUN_C_NAME=fork_atfork_alloc-child run_c fork_atfork_alloc fork_atfork_alloc -- child-handler
+RUN_C_TIMEOUT=60 run_c fork_stdio fork_stdio
+RUN_C_TIMEOUT=60 run_c fork_signal fork_signal
+# the "idle" phases are enforced only with CONFORMANCE_EXPECT_CHUNKMALLOC=1
+RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-rss run_c idle_owner idle_owner -- rss
+RUN_C_TIMEOUT=60 run_c flow_stress flow_stress CHUNKMALLOC_BUDGET=96MiB
+if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 ]]; then
+    RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-budget run_c idle_owner idle_owner CHUNKMALLOC_BUDGET=320MiB -- budget
+    RUN_C_TIMEOUT=60 run_c first_alloc_last_round first_alloc_last_round
+else
+    skip idle_owner-budget "chunkmalloc only"
+    skip first_alloc_last_round "chunkmalloc only"
 fi
 
 # lifecycle allocates in .preinit_array, before libc has set up environ:
