@@ -33,7 +33,7 @@
 #                     it, within 2 s - that part only for chunkmalloc)
 #      flow_stress    8 threads, 16 B..32 MiB, cross-thread frees, exiting
 #                     threads, malloc_trim, 64 MiB live under
-#                     CHUNKMALLOC_BUDGET=96MiB; ~20 s
+#                     CHUNKMALLOC_BUDGET=160MiB; ~20 s
 #    These, and the chunkmalloc-only C tests below, run under
 #    `timeout 60`, so a deadlock is a FAIL (exit status 124).
 # 2. Runs real programs with and without the preload and compares their
@@ -242,7 +242,7 @@ RUN_C_TIMEOUT=60 run_c fork_stdio fork_stdio
 RUN_C_TIMEOUT=60 run_c fork_signal fork_signal
 # the "idle" phases are enforced only with CONFORMANCE_EXPECT_CHUNKMALLOC=1
 RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-rss run_c idle_owner idle_owner -- rss
-RUN_C_TIMEOUT=60 run_c flow_stress flow_stress CHUNKMALLOC_BUDGET=96MiB
+RUN_C_TIMEOUT=60 run_c flow_stress flow_stress CHUNKMALLOC_BUDGET=160MiB
 if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 ]]; then
     RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-budget run_c idle_owner idle_owner CHUNKMALLOC_BUDGET=320MiB -- budget
     RUN_C_TIMEOUT=60 run_c first_alloc_last_round first_alloc_last_round

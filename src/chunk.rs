@@ -240,7 +240,7 @@ impl Chunk {
     /// The caller holds `c` exclusively (no block of it is live).
     #[inline]
     pub unsafe fn set_tag(c: *mut Chunk, owner: usize, flags: usize) {
-        debug_assert_eq!(owner & FLAG_MASK, 0);
+        check!(owner & FLAG_MASK == 0, "owner heaps are 64-byte aligned");
         // SAFETY: per the contract.
         unsafe { (*c).tag.store(owner | flags, Ordering::Relaxed) }
     }
@@ -340,7 +340,10 @@ impl Chunk {
         // SAFETY: per the contract.
         unsafe {
             let t = (*c).remote.take_and_clear();
-            debug_assert!(t.state == crate::remote::QUEUED);
+            check!(
+                t.state == crate::remote::QUEUED,
+                "a chunk on the pending stack is QUEUED"
+            );
             Chunk::merge_remote(c, t)
         }
     }

@@ -123,7 +123,7 @@ fn set_range(first: usize, last: usize, value: usize) {
     for g in first..=last {
         let top = g >> LEAF_BITS;
         let leaf = TOP[top].load(Ordering::Acquire);
-        debug_assert!(!leaf.is_null());
+        check!(!leaf.is_null(), "a registered range has its leaves");
         // SAFETY: `register` mapped every leaf in the range before any
         // entry is set, and leaves are never unmapped.
         unsafe { (*leaf)[g & (LEAF_LEN - 1)].store(value, Ordering::Release) };

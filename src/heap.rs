@@ -302,7 +302,7 @@ unsafe fn tick(heap: *mut Heap) {
 /// `heap` is the calling thread's heap (or the empty heap).
 #[inline(always)]
 pub unsafe fn alloc_class(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
-    debug_assert!(cls < NUM_CLASSES);
+    check!(cls < NUM_CLASSES, "class index in range");
     // SAFETY: the owner thread reads its own bins; the empty heap's entries
     // point at the never-written empty chunk whose `free` is null. `cls` is
     // a class index (< NUM_CLASSES) by construction of `class_of`.
@@ -489,7 +489,7 @@ pub unsafe fn malloc_zeroed(heap: *mut Heap, size: usize) -> *mut u8 {
 /// # Safety
 /// As [`malloc`].
 pub unsafe fn malloc_aligned(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    debug_assert!(align.is_power_of_two());
+    check!(align.is_power_of_two(), "alignments are powers of two");
     if align <= 16 {
         // SAFETY: forwarded contract.
         return unsafe {
@@ -846,7 +846,7 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
             // One compare catches both the chunk's last block (0) and a
             // free into a chunk with no block out (wrapped): a double free.
             if used.wrapping_sub(1) >= crate::size_class::MAX_SLAB_BLOCKS {
-                return free_last(heap, c, b);
+                return free_last(heap, c);
             }
             return FreeResult::Done;
         }
@@ -858,27 +858,37 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
 }
 
 /// The local free that left a chunk with no block out, or one that found
-/// none out (a double free, undone and reported as `Invalid`).
+/// none out (a double free: undone and reported as `Invalid`).
 ///
 /// # Safety
-/// Owner thread; `b` was just pushed on the attached slab `c`'s
+/// Owner thread; a block was just pushed on the attached slab `c`'s
 /// `local_free` and `used` decremented.
 #[cold]
 #[inline(never)]
-unsafe fn free_last(heap: *mut Heap, c: *mut Chunk, b: *mut Block) -> FreeResult {
+unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
     // SAFETY: owner thread; attached chunk.
     unsafe {
         let cls = (*c).class as usize;
         if (*c).used != 0 {
-            // Nothing was out: take the push back and report.
-            (*c).local_free = (*b).next;
+            // Nothing was out of this chunk: a double free. The push may
+            // have linked the block to itself (it was the list head), but
+            // with no block out every block of the chunk is free, so the
+            // lists are rebuilt from scratch: the bump cursor starts over
+            // (over dirty memory) and nothing is handed out twice.
+            (*c).free = ptr::null_mut();
+            (*c).local_free = ptr::null_mut();
+            (*c).bump = c.cast::<u8>().add(HEADER_SIZE);
+            (*c).fresh = false;
+            (*c).free_is_zero = false;
             (*c).used = 0;
             bump(&(*heap).frees[cls], usize::MAX);
             return FreeResult::Invalid;
         }
-        if (*heap).current[cls] != c {
+        if (*heap).current[cls] != c || budget::GLOBAL.under_pressure() {
             // The current chunk is kept so an alloc/free loop does not
-            // thrash the provider; any other emptied chunk is retired.
+            // thrash the provider (except near the budget cap, where an
+            // empty chunk no other thread can reclaim must not stay);
+            // any other emptied chunk is retired.
             (*heap).lock.lock();
             bin_remove(heap, cls, c);
             retire(heap, c);

@@ -14,6 +14,19 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// Checks an internal invariant in debug builds. A violation writes a
+/// message and aborts: never a panic, since unwinding out of an allocator
+/// is undefined behaviour (and a debug build's panic would do exactly
+/// that). Release builds compile the check out.
+#[cfg(not(loom))]
+macro_rules! check {
+    ($cond:expr, $msg:literal) => {
+        if cfg!(debug_assertions) && !$cond {
+            crate::os::fatal(concat!("internal invariant violated: ", $msg));
+        }
+    };
+}
+
 // Under `--cfg loom` only the cross-thread protocols are built, on loom's
 // atomics, for the models in `tests/loom.rs`.
 pub mod budget;

@@ -90,7 +90,10 @@ fn map_raw(len: usize) -> *mut u8 {
 /// reserved beyond `len`.
 pub fn map_aligned(len: usize, align: usize, offset: usize) -> *mut u8 {
     let page = page_size();
-    debug_assert!(len % page == 0 && offset % page == 0 && align.is_power_of_two());
+    check!(
+        len % page == 0 && offset % page == 0 && align.is_power_of_two(),
+        "page-multiple lengths, power-of-two alignments"
+    );
     if align <= page && offset % align == 0 {
         return map_raw(len);
     }

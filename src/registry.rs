@@ -315,6 +315,11 @@ pub(crate) fn tick(me: *mut Heap) {
     // SAFETY: `me` is the caller's heap; maintenance needs its lock.
     unsafe {
         (*me).lock.lock();
+        if budget::GLOBAL.under_pressure() {
+            // Near the cap, empty chunks this heap keeps attached (its
+            // current ones) are what no other thread can reclaim.
+            heap::collect(me, true);
+        }
         (*me).provider.maintain(now);
         (*me).lock.unlock();
     }

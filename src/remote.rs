@@ -176,7 +176,6 @@ impl RemoteList {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for RemoteList {
     fn default() -> Self {
         Self::new()

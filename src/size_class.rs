@@ -92,7 +92,7 @@ static SIZES: [u32; NUM_CLASSES] = build_sizes();
 /// Class for `size <= MAX_SMALL`.
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
-    debug_assert!(size <= MAX_SMALL);
+    check!(size <= MAX_SMALL, "small sizes only");
     if size <= TABLE_MAX {
         TABLE[size.div_ceil(OBJ_GRANULE)] as usize
     } else {
@@ -132,7 +132,10 @@ pub fn slab_chunk_size(c: usize) -> usize {
 /// Chunk class of a footprint (`0 < bytes <= MAX_CHUNK_CLASS_SIZE`).
 #[inline]
 pub fn chunk_class_of(bytes: usize) -> usize {
-    debug_assert!(bytes > 0 && bytes <= MAX_CHUNK_CLASS_SIZE);
+    check!(
+        bytes > 0 && bytes <= MAX_CHUNK_CLASS_SIZE,
+        "chunk class sizes in range"
+    );
     class_of_units(bytes.div_ceil(CHUNK_SIZE))
 }
 

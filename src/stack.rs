@@ -75,7 +75,6 @@ impl<T: Linked> Stack<T> {
     }
 }
 
-#[cfg(not(loom))]
 impl<T: Linked> Default for Stack<T> {
     fn default() -> Self {
         Self::new()

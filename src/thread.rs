@@ -310,12 +310,21 @@ fn alloc_retry(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > heap::MAX_REQUEST {
         return fail(size);
     }
-    // SAFETY: `h` is this thread's heap.
-    unsafe {
-        heap::purge(h);
-        let p = heap::malloc_aligned(h, size, align, zero);
-        if !p.is_null() {
-            return p;
+    // Reclaim from every heap and retry; while that keeps giving memory
+    // back (other threads free and allocate meanwhile), try again, a
+    // bounded number of times.
+    for _ in 0..4 {
+        // SAFETY: `h` is this thread's heap.
+        unsafe {
+            let before = budget::GLOBAL.committed();
+            heap::purge(h);
+            let p = heap::malloc_aligned(h, size, align, zero);
+            if !p.is_null() {
+                return p;
+            }
+            if budget::GLOBAL.committed() >= before {
+                break;
+            }
         }
     }
     if call_oom_handler(size) {
@@ -416,7 +425,7 @@ pub unsafe fn free(p: *mut u8) {
 /// As [`free`], and `p` is not null.
 #[inline(always)]
 pub unsafe fn free_nonnull(p: *mut u8) {
-    debug_assert!(!p.is_null());
+    check!(!p.is_null(), "dealloc is never handed null");
     // SAFETY: `current()` is this thread's heap; `p` is live or foreign.
     let r = unsafe { heap::free(current(), p) };
     if r != FreeResult::Done {
