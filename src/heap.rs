@@ -809,7 +809,7 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
                 GLOBALS
                     .heapless_freed_bytes
                     .fetch_add(class_size((*c).class as usize), Ordering::Relaxed);
-                push_remote(c, Chunk::owner(c) as *mut Heap, p.cast());
+                push_remote(c, p.cast());
                 FreeResult::Done
             }
             // Large and huge frees need no heap (`free_slow` counts them
@@ -843,9 +843,11 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
             bump((*heap).frees.get_unchecked(cls), 1);
             let used = (*c).used.wrapping_sub(1);
             (*c).used = used;
-            // One compare catches both the chunk's last block (0) and a
-            // free into a chunk with no block out (wrapped): a double free.
-            if used.wrapping_sub(1) >= crate::size_class::MAX_SLAB_BLOCKS {
+            // One sign test catches both the chunk's last block (0) and a
+            // free into a chunk with no block out (wrapped to u32::MAX: a
+            // double free; `used` is at most 4,088). The current chunk
+            // emptied by an alloc/free loop stays inline.
+            if (used as i32) <= 0 && (*(*heap).current.get_unchecked(cls) != c || used != 0) {
                 return free_last(heap, c);
             }
             return FreeResult::Done;
@@ -916,29 +918,29 @@ unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult 
         }
         bump((*heap).frees.get_unchecked((*c).class as usize), 1);
         bump(&(*heap).remote_frees, 1);
-        push_remote(c, owner, p.cast());
+        push_remote(c, p.cast());
         FreeResult::Done
     }
 }
 
 /// Pushes a block on another heap's chunk and, when this free claimed the
 /// chunk's notification, queues the chunk on its owner's pending stack.
-/// `owner` is read by the caller before the push: once the push is done
-/// the chunk may be retired (unless this free claimed the notification,
-/// which keeps it until it is on the pending stack), so nothing of it is
-/// read afterwards.
+/// Once the push is done the chunk may be retired, so nothing of it is
+/// read afterwards, unless this free claimed the notification: that keeps
+/// the chunk (detached, owner unchanged) until it is on the pending stack,
+/// so the claimer may still read its owner and write its link.
 ///
 /// # Safety
-/// As [`Chunk::push_remote`]; `owner` is `c`'s owner, not the caller.
+/// As [`Chunk::push_remote`]; the caller does not own `c`.
 #[inline]
-unsafe fn push_remote(c: *mut Chunk, owner: *mut Heap, b: *mut Block) {
+unsafe fn push_remote(c: *mut Chunk, b: *mut Block) {
     // SAFETY: per the contract; heap records are never freed.
     unsafe {
         let notify = Chunk::push_remote(c, b);
         #[cfg(feature = "test-hooks")]
         crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
         if notify {
-            (*owner).pending.push(c);
+            (*(Chunk::owner(c) as *mut Heap)).pending.push(c);
         }
     }
 }
@@ -970,7 +972,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 } else {
                     bump(&(*heap).frees[cls], 1);
                     bump(&(*heap).remote_frees, 1);
-                    push_remote(c, owner, b);
+                    push_remote(c, b);
                 }
                 FreeResult::Done
             }

@@ -44,8 +44,10 @@ pub const NONE: usize = 0;
 pub const WANT: usize = 1;
 /// State: a freer claimed the notification; the chunk is (or is about to
 /// be) on the owner's pending stack, and only the owner's processing of
-/// that stack returns the state to `NONE`.
+/// that stack returns the state to `NONE`. (`WANT + 1`: the push adds the
+/// `WANT` bit to claim, see [`RemoteList::push`].)
 pub const QUEUED: usize = 2;
+const _: () = assert!(QUEUED == WANT + 1 && NONE & WANT == 0 && QUEUED & WANT == 0);
 
 /// The list head of a chunk's remote frees.
 pub struct RemoteList {
@@ -120,13 +122,17 @@ impl RemoteList {
     /// one of its blocks, `b`, so its owner cannot retire it).
     #[inline(always)]
     pub unsafe fn push(&self, b: *mut Block) -> bool {
+        // The new word keeps the count and state bits of the old one, adds
+        // one to the count (it stays below 2^16: a slab has at most 4,088
+        // blocks), puts `b` in the pointer bits, and adds `w & WANT`, which
+        // turns `WANT` (1) into `QUEUED` (2) and leaves `NONE` and `QUEUED`
+        // alone: no branch in the loop.
+        let add = (1 << COUNT_SHIFT) + b as usize;
         let mut w = self.word.load(Ordering::Relaxed);
         loop {
             // SAFETY: `b` is ours until the CAS publishes it.
             unsafe { (*b).next = (w & PTR_MASK) as *mut Block };
-            let st = w & STATE_MASK;
-            let nst = if st == WANT { QUEUED } else { st };
-            let new = ((w >> COUNT_SHIFT) + 1) << COUNT_SHIFT | b as usize | nst;
+            let new = (w & !PTR_MASK) + add + (w & WANT);
             // Release publishes the block's link (and the program's writes
             // to it) to the owner's Acquire take; Acquire orders the
             // owner's arming before a claimer's writes to the chunk.
@@ -134,7 +140,7 @@ impl RemoteList {
                 .word
                 .compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return st == WANT,
+                Ok(_) => return w & WANT != 0,
                 Err(x) => w = x,
             }
         }
