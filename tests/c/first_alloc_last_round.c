@@ -48,6 +48,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void (*volatile x_free)(void *) = free;
 
@@ -55,89 +57,6 @@ static void (*volatile x_free)(void *) = free;
 #define BATCH 20
 #define COMMITTED_BOUND ((size_t)8 << 20)
 #define EXTRA_HEAPS_BOUND 4
-
-static long n_passed, n_failed;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        n_passed++;
-        return;
-    }
-    n_failed++;
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
-
-/* malloc_stats() output, captured from a pipe on fd 2.  Returns the length
- * (0 on failure). */
-static size_t capture_stats(char *buf, size_t cap)
-{
-    int fds[2];
-    if (pipe(fds) != 0)
-        return 0;
-    fflush(stderr);
-    int saved = dup(2);
-    if (saved < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return 0;
-    }
-    dup2(fds[1], 2);
-    close(fds[1]);
-    malloc_stats();
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    size_t len = 0;
-    ssize_t n;
-    while (len + 1 < cap && (n = read(fds[0], buf + len, cap - 1 - len)) != 0) {
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        len += (size_t)n;
-    }
-    close(fds[0]);
-    buf[len] = 0;
-    return len;
-}
-
-/* The value of row `name` of chunkmalloc's statistics table, or -1. */
-static long stat_row(const char *table, const char *name)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\n  %s ", name);
-    const char *p = strstr(table, pat);
-    if (!p)
-        return -1;
-    p += strlen(pat);
-    while (*p == ' ')
-        p++;
-    char *end;
-    long v = strtol(p, &end, 10);
-    return end == p ? -1 : v;
-}
-
-static int is_chunkmalloc(const char *table) { return strstr(table, "chunkmalloc statistics") != NULL; }
 
 /* ------------------------------------------------------------------------ */
 static pthread_key_t key;
@@ -193,13 +112,6 @@ static void *thread_main(void *p)
     const struct arg *a = p;
     pthread_setspecific(key, (void *)(((uintptr_t)a->index << 8) | 1u));
     return NULL;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
 }
 
 int main(void)

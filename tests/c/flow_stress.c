@@ -56,6 +56,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#define TESTUTIL_SAY_BUF 600
+#define TESTUTIL_CHECK_BUF 500
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void *(*volatile x_realloc)(void *, size_t) = realloc;
 static void (*volatile x_free)(void *) = free;
@@ -69,36 +73,6 @@ static void (*volatile x_free)(void *) = free;
 #define FINAL_COMMITTED_BOUND (4 * MIB)
 #define TRIM_EVERY_OPS 20000
 #define TRIM_EVERY_MS 700
-
-static long n_passed, n_failed; /* atomic */
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[600];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        __atomic_add_fetch(&n_passed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    __atomic_add_fetch(&n_failed, 1, __ATOMIC_RELAXED);
-    char msg[500];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
 
 /* ------------------------------------------------------------------------
  * Statistics shared by all threads (atomics).
@@ -145,15 +119,6 @@ static void unreserve(size_t n) { __atomic_sub_fetch(&live_bytes, n, __ATOMIC_RE
 /* ------------------------------------------------------------------------
  * Blocks: [size][seed][pattern...]
  */
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
 static uint64_t hash16(uint64_t size, const void *p)
 {
     uint64_t x = size * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)p;
@@ -380,53 +345,6 @@ static void *worker_main(void *arg)
 }
 
 /* ------------------------------------------------------------------------ */
-static size_t capture_stats(char *buf, size_t cap)
-{
-    int fds[2];
-    if (pipe(fds) != 0)
-        return 0;
-    fflush(stderr);
-    int saved = dup(2);
-    if (saved < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return 0;
-    }
-    dup2(fds[1], 2);
-    close(fds[1]);
-    malloc_stats();
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    size_t len = 0;
-    ssize_t n;
-    while (len + 1 < cap && (n = read(fds[0], buf + len, cap - 1 - len)) != 0) {
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        len += (size_t)n;
-    }
-    close(fds[0]);
-    buf[len] = 0;
-    return len;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static uint64_t serial_seed(uint64_t seed, long serial)
 {
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + (uint64_t)serial * 0xD1B54A32D192ED03ull + 1;
@@ -454,7 +372,7 @@ int main(int argc, char **argv)
     const char *budget = getenv("CHUNKMALLOC_BUDGET");
     static char table[16384];
     capture_stats(table, sizeof table);
-    int cm = strstr(table, "chunkmalloc statistics") != NULL;
+    int cm = is_chunkmalloc(table);
     say("note: flow_stress: %d workers, %.0f s, seed %llu, live cap %zu MiB, budget %s\n", WORKERS, seconds,
         (unsigned long long)seed, LIVE_CAP / MIB, budget ? budget : "(none)");
 

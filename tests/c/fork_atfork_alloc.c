@@ -47,6 +47,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void (*volatile x_free)(void *) = free;
 
@@ -56,7 +58,6 @@ static void (*volatile x_free)(void *) = free;
 #define CHILD_WAIT_MS 5000
 #define WATCHDOG_S 15
 
-static long n_passed, n_failed; /* atomic */
 static int atfork_registered;   /* set by the constructor */
 static size_t committed_at_ctor; /* mallinfo2().arena after registering */
 
@@ -64,34 +65,6 @@ static size_t committed_at_ctor; /* mallinfo2().arena after registering */
 static long prepare_runs, parent_runs, child_runs; /* atomic */
 static long handler_failures;                      /* atomic */
 static const char *volatile phase = "startup";
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        __atomic_add_fetch(&n_passed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    __atomic_add_fetch(&n_failed, 1, __ATOMIC_RELAXED);
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
 
 /* What every handler does: a 16 MiB block (first and last byte touched)
  * and a small block, both freed.  Counts a failure instead of printing
@@ -159,20 +132,10 @@ static volatile pid_t current_child;
 static void watchdog(int sig)
 {
     (void)sig;
-    if (current_child > 0)
-        kill(current_child, SIGKILL);
+    kill_child(current_child);
     say("FAIL: watchdog: phase '%s' still running after %d s (deadlock in a fork handler?)\n",
         phase, WATCHDOG_S);
-    say("fork_atfork_alloc: %ld passed, %ld failed\n", __atomic_load_n(&n_passed, __ATOMIC_RELAXED),
-        __atomic_load_n(&n_failed, __ATOMIC_RELAXED) + 1);
-    _exit(1);
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    watchdog_exit("fork_atfork_alloc");
 }
 
 /* Runs in the child after fork() returned 0: only async-signal-safe calls

@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void (*volatile x_free)(void *) = free;
 
@@ -43,7 +45,6 @@ static void (*volatile x_free)(void *) = free;
 #define MAX_SMALL 70000
 #define WATCHDOG_S 20
 
-static long n_passed, n_failed;
 static pid_t sender_pid;
 
 /* Written by the SIGUSR1 handler. */
@@ -53,34 +54,6 @@ static volatile pid_t handler_child, loop_child;
 /* Where the main loop is (for the watchdog). */
 static volatile sig_atomic_t where; /* 0 loop, 1 fork, 2 free, 3 malloc, 4 waitpid */
 static volatile long rounds;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        n_passed++;
-        return;
-    }
-    n_failed++;
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
 
 static void on_usr1(int sig)
 {
@@ -112,35 +85,15 @@ static void on_alarm(int sig)
 {
     (void)sig;
     static const char *const names[] = {"own code", "fork()", "free()", "malloc()", "waitpid()"};
-    if (sender_pid > 0)
-        kill(sender_pid, SIGKILL);
-    if (handler_child > 0)
-        kill(handler_child, SIGKILL);
-    if (loop_child > 0)
-        kill(loop_child, SIGKILL);
+    kill_child(sender_pid);
+    kill_child(handler_child);
+    kill_child(loop_child);
     say("FAIL: watchdog: no end after %d s: %ld rounds, %ld forks in the handler; stuck %s%s "
         "(a fork handler waiting for a lock its own thread holds?)\n",
         WATCHDOG_S, rounds, (long)handler_forks,
         in_handler ? "in the SIGUSR1 handler's fork(), which interrupted the loop's " : "in the loop's ",
         names[where]);
-    say("fork_signal: %ld passed, %ld failed\n", n_passed, n_failed + 1);
-    _exit(1);
-}
-
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    watchdog_exit("fork_signal");
 }
 
 static void sender(pid_t target)

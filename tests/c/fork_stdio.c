@@ -39,6 +39,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define TESTUTIL_MAX_SHOWN_FAILURES 20
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void (*volatile x_free)(void *) = free;
 
@@ -46,42 +49,8 @@ static void (*volatile x_free)(void *) = free;
 #define CHILD_WAIT_MS 10000
 #define WATCHDOG_S 25
 
-static long n_passed, n_failed;       /* atomic */
 static int stop;                      /* atomic */
 static long worker_rounds, worker_errors; /* atomic */
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        __atomic_add_fetch(&n_passed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    long nth = __atomic_add_fetch(&n_failed, 1, __ATOMIC_RELAXED);
-    if (nth > 20) {
-        if (nth == 21)
-            say("FAIL: (further failures are counted, not shown)\n");
-        return;
-    }
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
 
 static int forks_done; /* for the watchdog */
 
@@ -90,22 +59,10 @@ static volatile pid_t current_child; /* killed by the watchdog */
 static void watchdog(int sig)
 {
     (void)sig;
-    if (current_child > 0)
-        kill(current_child, SIGKILL);
+    kill_child(current_child);
     say("FAIL: watchdog: still running after %d s, %d forks done (deadlock in fork?)\n", WATCHDOG_S,
         forks_done);
-    say("fork_stdio: %ld passed, %ld failed\n", __atomic_load_n(&n_passed, __ATOMIC_RELAXED),
-        __atomic_load_n(&n_failed, __ATOMIC_RELAXED) + 1);
-    _exit(1);
-}
-
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
+    watchdog_exit("fork_stdio");
 }
 
 /* 2 bytes .. 256 KiB log-uniform, and 1..4 MiB once in 64. */
@@ -230,20 +187,6 @@ static void *worker(void *arg)
     for (unsigned i = 0; i < RING; i++)
         x_free(ring[i]);
     return NULL;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Waits up to CHILD_WAIT_MS for the child; 1 when it exited 0. */

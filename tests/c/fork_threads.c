@@ -32,6 +32,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void *(*volatile x_realloc)(void *, size_t) = realloc;
 static void *(*volatile x_calloc)(size_t, size_t) = calloc;
@@ -45,15 +47,6 @@ static long thread_errors;       /* atomic */
 static long thread_rounds;       /* atomic */
 static unsigned char *parent_blocks[PARENT_BLOCKS];
 static size_t parent_sizes[PARENT_BLOCKS];
-
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 static size_t random_size(uint64_t *rng, unsigned max_log2)
 {

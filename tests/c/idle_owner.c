@@ -51,6 +51,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static void *(*volatile x_malloc)(size_t) = malloc;
 static void (*volatile x_free)(void *) = free;
 
@@ -58,63 +60,6 @@ static void (*volatile x_free)(void *) = free;
 #define RSS_BOUND_KIB (32L * 1024)
 #define IDLE_WAIT_MS 2000
 #define MAX_BLOCKS 200000
-
-static long n_passed, n_failed;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        n_passed++;
-        return;
-    }
-    n_failed++;
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
-
-static long rss_kib(void)
-{
-    char buf[128];
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return -1;
-    long size = 0, resident = -1;
-    if (!fgets(buf, sizeof buf, f) || sscanf(buf, "%ld %ld", &size, &resident) != 2)
-        resident = -1;
-    fclose(f);
-    return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ------------------------------------------------------------------------
  * The producer.

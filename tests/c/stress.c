@@ -33,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "testutil.h"
+
 #define MAX_THREADS 256
 #define LOCAL_CAP 64
 #define INBOX_CAP 1024
@@ -75,15 +77,6 @@ static struct worker *workers;
 static pthread_barrier_t start_barrier;
 static int finished; /* threads done sending, atomic */
 static int reports;  /* failure lines printed, atomic */
-
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 static uint64_t key_of(unsigned tid, uint64_t seq, size_t size)
 {
