@@ -192,14 +192,18 @@ impl GlobalCache {
 
     /// Keeps a freed huge mapping (kind `Cached`, still registered in the
     /// chunk map, still counted in the budget) for reuse. False if the
-    /// cache is full; the caller then unmaps it.
+    /// cache is full or the budget is near its cap; the caller then unmaps it.
     ///
     /// # Safety
     /// `c` is a huge mapping with no live object, referenced by nothing else.
     pub unsafe fn put_huge(&self, c: *mut Chunk, now: u64) -> bool {
         // SAFETY: per the contract.
         let size = unsafe { (*c).size };
-        if self.huge_bytes.load(Ordering::Relaxed) + size > HUGE_CACHE_MAX_BYTES {
+        if self.huge_bytes.load(Ordering::Relaxed) + size > HUGE_CACHE_MAX_BYTES
+            || crate::budget::GLOBAL.under_pressure()
+        {
+            // Full, or near the budget cap, where a mapping held here is
+            // budget another thread may be failing for.
             return false;
         }
         self.lock.lock();

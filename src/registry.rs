@@ -382,22 +382,13 @@ pub(crate) fn after_fork_child(me: *mut Heap) -> bool {
         }
     }
     // Unlink abandoned heaps that were just orphaned (a vanished thread
-    // was working on them), so no adopter waits for their locks.
-    REGISTRY.lock.lock();
-    // SAFETY: lock held.
-    unsafe {
-        let mut link: *mut *mut Heap = REGISTRY.abandoned.get();
-        while !(*link).is_null() {
-            let h = *link;
-            if (*h).state.load(Ordering::Relaxed) == STATE_ORPHANED {
-                *link = (*h).abandoned_next;
-                REGISTRY.abandoned_count.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                link = ptr::addr_of_mut!((*h).abandoned_next);
-            }
-        }
+    // was working on them), so no adopter waits for their locks. If this
+    // thread holds the registry lock (a `fork` from a signal handler that
+    // interrupted it), the interrupted code owns the list: leave it.
+    if REGISTRY.lock.try_lock() {
+        unlink_orphaned();
+        REGISTRY.lock.unlock();
     }
-    REGISTRY.lock.unlock();
     if heap::is_empty(me) {
         return true;
     }
@@ -412,6 +403,23 @@ pub(crate) fn after_fork_child(me: *mut Heap) -> bool {
         (*me).tid.store(tid, Ordering::Relaxed);
     }
     true
+}
+
+/// Removes orphaned heaps from the abandoned list. Registry lock held.
+fn unlink_orphaned() {
+    // SAFETY: the caller holds the registry lock.
+    unsafe {
+        let mut link: *mut *mut Heap = REGISTRY.abandoned.get();
+        while !(*link).is_null() {
+            let h = *link;
+            if (*h).state.load(Ordering::Relaxed) == STATE_ORPHANED {
+                *link = (*h).abandoned_next;
+                REGISTRY.abandoned_count.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                link = ptr::addr_of_mut!((*h).abandoned_next);
+            }
+        }
+    }
 }
 
 /// Adds every heap's counters into `s`.
