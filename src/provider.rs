@@ -1,9 +1,12 @@
 //! The ChunkProvider (one per heap) and the process-wide chunk cache.
 //!
-//! Adapted from the seed's `ChunkProvider`: per chunk class an owner-only
-//! local list and a lock-free shared stack ([`ChunkStack`]) that any thread
-//! may push to and only the owner pops. Every byte mapped is reserved in
-//! the [`Budget`] first, by a CAS that never overshoots the cap.
+//! Adapted from the seed's `ChunkProvider`: per chunk class a local list
+//! (touched only under the owning heap's lock) and a lock-free shared
+//! stack ([`ChunkStack`]) that any thread may push to. The seed lets only
+//! the owner pop; here the stack is only ever emptied whole (one swap), so
+//! a thread reclaiming from an idle heap may take it too, without ABA.
+//! Every byte mapped is reserved in the [`Budget`] first, by a CAS that
+//! never overshoots the cap.
 //!
 //! Whole free chunks flow: owner's local list (at most
 //! [`LOCAL_RESERVE_BYTES`], and only until the purge delay passes) →
@@ -11,8 +14,7 @@
 //! after the purge delay (`MADV_DONTNEED` of all but the header page) →
 //! unmapped when the cache holds more than [`GLOBAL_MAX_DECOMMITTED`]
 //! decommitted chunks. A heap draws from its own lists, then the global
-//! cache, then the OS, so no chunk is stranded in an idle thread once it
-//! has flushed.
+//! cache, then (after reclaiming from other heaps, `registry`) the OS.
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
