@@ -531,7 +531,7 @@ impl<A: Allocator + 'static> Provider<A> {
             || self.shared_count.load(Ordering::Relaxed) != 0
     }
 
-    /// The local list of `cls`.
+    /// The local lists, one per chunk class.
     ///
     /// # Safety
     /// The caller holds the heap lock.

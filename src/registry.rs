@@ -220,6 +220,21 @@ fn thread_is_gone(h: *mut Heap) -> bool {
     gone
 }
 
+/// Empties an abandoned heap's pending stack and caches into the global
+/// cache. Returns whether it held anything.
+///
+/// # Safety
+/// The caller holds `h`'s lock and `h` is abandoned.
+unsafe fn empty_abandoned(h: *mut Heap) -> bool {
+    // SAFETY: per the contract.
+    unsafe {
+        let had = !(*h).pending.is_empty() || (*h).provider.holds_chunks();
+        heap::process_pending(h);
+        (*h).provider.flush();
+        had
+    }
+}
+
 /// Reclaims what may be taken from `h` (see the module docs). `all`: take
 /// live heaps' fresh local lists too and check every live heap's thread
 /// (not only those idle since the last sweep). Returns whether memory was
@@ -231,12 +246,7 @@ unsafe fn reclaim_locked(h: *mut Heap, now: u64, all: bool) -> bool {
     // SAFETY: per the contract.
     unsafe {
         match (*h).state.load(Ordering::Acquire) {
-            STATE_ABANDONED => {
-                let had = !(*h).pending.is_empty() || (*h).provider.holds_chunks();
-                heap::process_pending(h);
-                (*h).provider.flush();
-                had
-            }
+            STATE_ABANDONED => empty_abandoned(h),
             STATE_LIVE => {
                 let entries = (*h).slow_entries.load(Ordering::Relaxed);
                 let idle = entries == (*h).swept_entries.load(Ordering::Relaxed);
@@ -295,9 +305,7 @@ pub(crate) fn reclaim_abandoned(me: *mut Heap) -> bool {
                 return;
             }
             if (*h).state.load(Ordering::Acquire) == STATE_ABANDONED {
-                heap::process_pending(h);
-                (*h).provider.flush();
-                any = true;
+                any |= empty_abandoned(h);
             }
             (*h).lock.unlock();
         }

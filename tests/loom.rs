@@ -48,6 +48,22 @@ struct World {
     claims: AtomicUsize,
 }
 
+impl World {
+    /// A chunk with an empty remote list (state `NONE`), an empty pending
+    /// stack, no claims yet.
+    fn new() -> World {
+        World {
+            chunk: Chunk {
+                remote: RemoteList::new(),
+                link: AtomicPtr::new(core::ptr::null_mut()),
+                header: UnsafeCell::new(0),
+            },
+            pending: Stack::new(),
+            claims: AtomicUsize::new(0),
+        }
+    }
+}
+
 fn block() -> usize {
     // 16-byte aligned, below 2^48: like a slab block. Leaked on purpose.
     Box::into_raw(Box::new([0u128; 1])) as usize
@@ -74,15 +90,7 @@ fn remote_free(w: &World, b: usize) {
 #[test]
 fn remote_free_against_detach_collect_retire() {
     loom::model(|| {
-        let w = Arc::new(World {
-            chunk: Chunk {
-                remote: RemoteList::new(),
-                link: AtomicPtr::new(core::ptr::null_mut()),
-                header: UnsafeCell::new(0),
-            },
-            pending: Stack::new(),
-            claims: AtomicUsize::new(0),
-        });
+        let w = Arc::new(World::new());
         let (b1, b2) = (block(), block());
         let freers: Vec<_> = [b1, b2]
             .into_iter()
@@ -134,15 +142,7 @@ fn remote_free_against_detach_collect_retire() {
 #[test]
 fn local_unfull_against_remote_claim() {
     loom::model(|| {
-        let w = Arc::new(World {
-            chunk: Chunk {
-                remote: RemoteList::new(),
-                link: AtomicPtr::new(core::ptr::null_mut()),
-                header: UnsafeCell::new(0),
-            },
-            pending: Stack::new(),
-            claims: AtomicUsize::new(0),
-        });
+        let w = Arc::new(World::new());
         assert!(w.chunk.remote.try_arm());
         let b = block();
         let f = {
