@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# scripts/bench.sh - whole-program allocator comparison (wall time and peak RSS).
+# scripts/bench.sh - whole-program allocator comparison (wall time, peak RSS
+# and minor page faults).
 #
 # Runs every workload under each available allocator - glibc (no preload),
-# jemalloc, mimalloc and chunkmalloc (target/release/libchunkmalloc.so) via
-# LD_PRELOAD - for N repetitions in rotating order, checks exit codes and
-# output checksums against glibc, and writes results.csv, report.md and
-# chart.svg into a report folder.  Run `scripts/bench.sh --help` for options.
+# and through LD_PRELOAD mimalloc 3 and snmalloc (built from the sources
+# bundled in the libmimalloc-sys and snmalloc-sys crates), tcmalloc, jemalloc
+# and mimalloc 2 (Debian packages) and chunkmalloc
+# (target/release/libchunkmalloc.so) - for N repetitions in rotating order,
+# checks exit codes and output checksums against glibc, and writes
+# results.csv, report.md and chart.svg into a report folder.  The anchors
+# are obtained by scripts/anchors.sh.  Run `scripts/bench.sh --help` for
+# options.
 set -euo pipefail
 shopt -s inherit_errexit nullglob
 
@@ -13,14 +18,16 @@ usage() {
     cat <<'EOF'
 usage: scripts/bench.sh [options]
 
-  --quick          scale 0.1 and 1 repetition (a smoke run, well under 2 minutes)
+  --quick          scale 0.1 and 1 repetition (a smoke run, under 2 minutes
+                   once the anchors are built)
   --reps N         repetitions per workload and allocator (default 5)
   --scale X        workload scale factor (default 1.0; --quick sets 0.1)
   --out DIR        report folder (default target/bench-report/<timestamp>,
                    and target/bench-report/latest points to it)
   --only A,B,...   run only these workloads (a program name such as
                    "pareto" selects all of its entries); see --list
-  --alloc A,B,...  run only these allocators (glibc,jemalloc,mimalloc,chunkmalloc)
+  --alloc A,B,...  run only these allocators: glibc, mimalloc3 (or mimalloc),
+                   snmalloc, tcmalloc, jemalloc, mimalloc2, chunkmalloc
   --no-build       do not build chunkmalloc or the workloads; use what exists
   --timeout SEC    per-run time limit (default 60 + 90 * scale seconds); a
                    workload that times out under an allocator is not run
@@ -29,6 +36,9 @@ usage: scripts/bench.sh [options]
   -h, --help       this text
 
 Environment: BENCH_NO_APT=1 never uses apt-get (exercises the fallbacks);
+ANCHOR_REFRESH=1 fetches the newest libmimalloc-sys / snmalloc-sys sources
+again (they are fetched once into target/bench-libs/crates, and the built
+libraries are cached in target/bench-libs/<name>-<version>/);
 BENCH_CHUNKMALLOC_LIB=PATH benchmarks that library as chunkmalloc instead of
 building target/release/libchunkmalloc.so; BENCH_NO_PERF_MD=1 leaves
 docs/PERF.md alone. A full run (not --quick, --only or --alloc) also runs
@@ -82,11 +92,21 @@ fi
 [[ -n $TIMEOUT ]] || TIMEOUT=$(awk -v s="$SCALE" 'BEGIN { printf "%d", 60 + 90 * s }')
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout wants a positive integer number of seconds"
 
+ANCHOR_LOG_PREFIX=bench.sh
+if [[ $NO_BUILD == 1 ]]; then ANCHOR_NO_BUILD=1; fi
+# shellcheck source=scripts/anchors.sh
+. "$ROOT/scripts/anchors.sh"
+
 if [[ -n $ALLOC_ONLY ]]; then
     IFS=, read -r -a _a <<<"$ALLOC_ONLY"
+    ALLOC_ONLY=""
     for a in "${_a[@]}"; do
-        case $a in glibc | jemalloc | mimalloc | chunkmalloc) ;; *) die "unknown allocator '$a'" ;; esac
+        [[ $a == mimalloc ]] && a=mimalloc3
+        [[ -z $a || $a == glibc || $a == chunkmalloc || -n ${ANCHOR_TITLE[$a]:-} ]] ||
+            die "unknown allocator '$a' (glibc, ${ANCHOR_NAMES[*]}, chunkmalloc)"
+        ALLOC_ONLY+=",$a"
     done
+    ALLOC_ONLY=${ALLOC_ONLY#,}
 fi
 
 TARGET=$ROOT/target
@@ -116,7 +136,7 @@ add_workload() { # name kind prog args description
 
 # C workloads in a fixed order; new files in bench/workloads are appended
 C_ORDER=(smallobj_churn lifo_sets fifo_sets larson prodcons false_passive false_active
-    thread_churn longlived_thread large_blocks pareto realloc_grow fragmentation)
+    thread_churn longlived_thread brief_threads large_blocks cycling_buffers pareto realloc_grow fragmentation)
 declare -A seen=()
 c_files=()
 for n in "${C_ORDER[@]}"; do
@@ -163,35 +183,6 @@ fi
 [[ ${#WORKLOADS[@]} -gt 0 ]] || die "no workload selected"
 
 # ------------------------------------------------------------------ tools
-IS_ROOT=0
-if [[ $(id -u) == 0 ]]; then IS_ROOT=1; fi
-CAN_APT=0
-if [[ $IS_ROOT == 1 && -z ${BENCH_NO_APT:-} ]] && command -v apt-get >/dev/null; then CAN_APT=1; fi
-APT_UPDATED=0
-
-apt_install() { # pkgs... ; returns non-zero when it could not install
-    [[ $CAN_APT == 1 ]] || return 1
-    note "installing $* with apt-get"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1; then
-        if [[ $APT_UPDATED == 0 ]]; then
-            APT_UPDATED=1
-            DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || true
-        fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 || return 1
-    fi
-}
-
-apt_known() { # pkg: is the package known to apt (update the lists once if not)
-    [[ $CAN_APT == 1 ]] || return 1
-    if [[ -z $(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)') ]]; then
-        [[ $APT_UPDATED == 1 ]] && return 1
-        APT_UPDATED=1
-        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || return 1
-        [[ -n $(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)') ]] || return 1
-    fi
-}
-
-pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
 
 if [[ ! -x /usr/bin/time ]]; then
     apt_install time || true
@@ -202,16 +193,15 @@ command -v python3 >/dev/null || die "python3 is needed for the report"
 command -v timeout >/dev/null || die "timeout (coreutils) is missing"
 # the real interpreter, not a pyenv-style wrapper script
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
-MULTIARCH=$(cc -print-multiarch 2>/dev/null || true)
-[[ -n $MULTIARCH ]] || MULTIARCH=x86_64-linux-gnu
 
 mkdir -p "$BIN" "$LIBS"
 
 # ------------------------------------------------------------------ allocators
 ALLOCS=(glibc)
-declare -A ALLOC_LIB=([glibc]="") ALLOC_VER ALLOC_SRC
-ALLOC_VER[glibc]=$(ldd --version 2>/dev/null | sed -n 1p | sed 's/.* //')
+declare -A ALLOC_LIB=([glibc]="") ALLOC_VER ALLOC_SRC ALLOC_LABEL
+ALLOC_VER[glibc]=$(anchor_glibc_version)
 ALLOC_SRC[glibc]="system C library (no preload)"
+ALLOC_LABEL[glibc]="glibc ${ALLOC_VER[glibc]}"
 SKIPPED=()
 
 want_alloc() { [[ -z $ALLOC_ONLY || ",$ALLOC_ONLY," == *",$1,"* ]]; }
@@ -223,97 +213,35 @@ if [[ $NO_BUILD == 0 || ! -x $PROBE ]]; then
     cc -O2 -o "$PROBE" "$ROOT/bench/tools/which_malloc.c" -ldl || die "cannot build bench/tools/which_malloc.c"
 fi
 
-# register NAME LIB VERSION SOURCE: check that the preload really takes over malloc
+# register NAME LIB VERSION SOURCE LABEL: check that the preload really takes over malloc
 register_alloc() {
     local name=$1 lib=$2 out got
     out=$(env LD_PRELOAD="$lib" "$PROBE" 2>&1) || true
     got=$(env LD_PRELOAD="$lib" "$PROBE" 2>/dev/null | sed -n 1p) || true
     if [[ -z $got || $(readlink -f "$got" 2>/dev/null) != "$(readlink -f "$lib")" ]]; then
-        skip_alloc "$name" "LD_PRELOAD=$lib does not take over malloc (probe says: ${out//$'\n'/ })"
+        skip_alloc "$5" "LD_PRELOAD=$lib does not take over malloc (probe says: ${out//$'\n'/ })"
         return 0
     fi
     ALLOCS+=("$name")
-    ALLOC_LIB[$name]=$lib ALLOC_VER[$name]=$3 ALLOC_SRC[$name]=$4
-    note "$name: $lib ($3)"
+    ALLOC_LIB[$name]=$lib ALLOC_VER[$name]=$3 ALLOC_SRC[$name]=$4 ALLOC_LABEL[$name]=$5
+    note "$5: $lib"
 }
 
-cargo_src_dir() { # newest unpacked crate source matching a prefix, if any
-    local d
-    d=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$1"-[0-9]* 2>/dev/null | sort -V | tail -n1 || true)
-    printf '%s' "$d"
-}
-
-setup_jemalloc() {
-    local lib=/usr/lib/$MULTIARCH/libjemalloc.so.2
-    if [[ ! -f $lib ]] && apt_known libjemalloc2; then apt_install libjemalloc2 || true; fi
-    if [[ -f $lib ]]; then
-        register_alloc jemalloc "$lib" "$(pkg_version libjemalloc2)" "Debian package libjemalloc2"
-        return 0
-    fi
-    local src
-    src=$(cargo_src_dir tikv-jemalloc-sys)
-    if [[ -n $src ]]; then
-        skip_alloc jemalloc "no libjemalloc2 package (apt unavailable); building the bundled sources of $(basename "$src") is not implemented"
+setup_anchor() { # NAME: mimalloc3, snmalloc, ... (scripts/anchors.sh)
+    if anchor_setup "$1"; then
+        register_alloc "$1" "$ANCHOR_LIB" "$ANCHOR_VER" "$ANCHOR_FROM" "$ANCHOR_LABEL"
     else
-        skip_alloc jemalloc "no libjemalloc2 package and no tikv-jemalloc-sys sources in the cargo registry"
+        skip_alloc "$1" "$ANCHOR_WHY"
     fi
-}
-
-setup_mimalloc() {
-    local lib pkg=""
-    for lib in /usr/lib/"$MULTIARCH"/libmimalloc.so.{3,2}; do
-        [[ -f $lib ]] && break
-    done
-    if [[ ! -f $lib && $CAN_APT == 1 ]]; then
-        apt_known libmimalloc2.0 >/dev/null 2>&1 || true # refreshes the lists if needed
-        # the runtime package name depends on the release (libmimalloc2.0, libmimalloc3, ...)
-        pkg=$(apt-cache search --names-only '^libmimalloc[0-9.]+$' 2>/dev/null | awk '{print $1}' | sort -V | tail -n1 || true)
-        if [[ -n $pkg ]] && apt_install "$pkg"; then
-            lib=$(dpkg -L "$pkg" 2>/dev/null | grep -E '/libmimalloc\.so\.[0-9]+$' | sed -n 1p || true)
-        fi
-    fi
-    if [[ -n $lib && -f $lib ]]; then
-        [[ -n $pkg ]] || pkg=$(dpkg -S "$(readlink -f "$lib")" 2>/dev/null | sed -n 1p | cut -d: -f1 || true)
-        register_alloc mimalloc "$lib" "$(pkg_version "$pkg")" "Debian package ${pkg:-?}"
-        return 0
-    fi
-    # fallback: compile the sources bundled with the libmimalloc-sys crate
-    local src dir out=$LIBS/libmimalloc.so ver
-    src=$(cargo_src_dir libmimalloc-sys)
-    if [[ -z $src ]]; then
-        skip_alloc mimalloc "no Debian package and no libmimalloc-sys sources in the cargo registry"
-        return 0
-    fi
-    for dir in "$src/c_src/mimalloc/v2" "$src/c_src/mimalloc" "$src/c_src/mimalloc/v3"; do
-        [[ -f $dir/src/static.c ]] && break
-    done
-    if [[ ! -f $dir/src/static.c ]]; then
-        skip_alloc mimalloc "no c_src/mimalloc/src/static.c in $src"
-        return 0
-    fi
-    ver=$(sed -n 's/^#define MI_MALLOC_VERSION *\([0-9]*\).*/\1/p' "$dir/include/mimalloc.h" | sed -n 1p)
-    [[ -n $ver ]] && ver="$((ver / 10000)).$((ver / 100 % 100)).$((ver % 100))"
-    if [[ ! -f $out || $dir/src/static.c -nt $out ]]; then
-        if [[ $NO_BUILD == 1 ]]; then
-            skip_alloc mimalloc "--no-build and $out does not exist"
-            return 0
-        fi
-        note "building mimalloc ${ver:-?} from $dir"
-        if ! cc -shared -fPIC -O2 -DNDEBUG -DMI_MALLOC_OVERRIDE -I"$dir/include" \
-            "$dir/src/static.c" -o "$out.tmp" -pthread 2>"$LIBS/mimalloc-build.log"; then
-            skip_alloc mimalloc "building $dir/src/static.c failed (see $LIBS/mimalloc-build.log)"
-            return 0
-        fi
-        mv "$out.tmp" "$out"
-    fi
-    register_alloc mimalloc "$out" "${ver:-?} (built from $(basename "$src"))" "libmimalloc-sys bundled sources"
 }
 
 setup_chunkmalloc() {
-    local lib=$TARGET/release/libchunkmalloc.so
+    local lib=$TARGET/release/libchunkmalloc.so ver
+    ver=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")
     if [[ -n ${BENCH_CHUNKMALLOC_LIB:-} ]]; then # explicit library, e.g. another build
         [[ -f $BENCH_CHUNKMALLOC_LIB ]] || die "BENCH_CHUNKMALLOC_LIB=$BENCH_CHUNKMALLOC_LIB does not exist"
-        register_alloc chunkmalloc "$(readlink -f "$BENCH_CHUNKMALLOC_LIB")" "given by BENCH_CHUNKMALLOC_LIB" "$BENCH_CHUNKMALLOC_LIB"
+        register_alloc chunkmalloc "$(readlink -f "$BENCH_CHUNKMALLOC_LIB")" "given by BENCH_CHUNKMALLOC_LIB" \
+            "$BENCH_CHUNKMALLOC_LIB" "chunkmalloc ($(basename "$BENCH_CHUNKMALLOC_LIB"))"
         return 0
     fi
     if [[ -d $ROOT/preload ]]; then
@@ -336,14 +264,13 @@ setup_chunkmalloc() {
         skip_alloc chunkmalloc "$lib was not produced"
         return 0
     fi
-    local ver
-    ver=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")
-    register_alloc chunkmalloc "$lib" "$ver" "this repository (target/release/libchunkmalloc.so)"
+    register_alloc chunkmalloc "$lib" "$ver" "this repository (target/release/libchunkmalloc.so)" "chunkmalloc $ver"
 }
 
 want_alloc glibc || ALLOCS=()
-if want_alloc jemalloc; then setup_jemalloc; fi
-if want_alloc mimalloc; then setup_mimalloc; fi
+for a in "${ANCHOR_NAMES[@]}"; do
+    if want_alloc "$a"; then setup_anchor "$a"; fi
+done
 if want_alloc chunkmalloc; then setup_chunkmalloc; fi
 [[ ${#ALLOCS[@]} -gt 0 ]] || die "no allocator available"
 
@@ -449,11 +376,11 @@ wl_command() {
 }
 
 RUNS_CSV=$OUT/runs.csv
-echo "workload,allocator,rep,wall_s,user_s,sys_s,maxrss_kib,status,checksum" >"$RUNS_CSV"
+echo "workload,alloc_id,allocator,rep,wall_s,user_s,sys_s,maxrss_kib,minflt,status,checksum" >"$RUNS_CSV"
 declare -A REF=() SUM=() STATUS=() TIMED_OUT=()
 FAILS=0
 
-# run_one WORKLOAD ALLOC REP: sets R_WALL R_USER R_SYS R_RSS R_STATUS R_SUM
+# run_one WORKLOAD ALLOC REP: sets R_WALL R_USER R_SYS R_RSS R_FLT R_STATUS R_SUM
 run_one() {
     local w=$1 a=$2 rep=$3 tag="$1.$2.$3" rc=0 lib=${ALLOC_LIB[$2]}
     local out=$LOGDIR/$tag.out err=$LOGDIR/$tag.err tf=$LOGDIR/$tag.time
@@ -464,12 +391,12 @@ run_one() {
         cd "$RUN_DIR"
         export WORKLOAD_SCALE=$SCALE LC_ALL=C
         ulimit -c 0 # no core dumps from crashing runs
-        exec /usr/bin/time -f '%e %U %S %M' -o "$tf" \
+        exec /usr/bin/time -f '%e %U %S %M %R' -o "$tf" \
             timeout -k 5 "$TIMEOUT" "${pre[@]}" "${CMD[@]}" <"$STDIN" >"$out" 2>"$err"
     ) || rc=$?
-    R_WALL="" R_USER="" R_SYS="" R_RSS="" R_SUM="" R_STATUS=ok
+    R_WALL="" R_USER="" R_SYS="" R_RSS="" R_FLT="" R_SUM="" R_STATUS=ok
     if [[ -s $tf ]]; then
-        read -r R_WALL R_USER R_SYS R_RSS < <(tail -n1 "$tf") || true
+        read -r R_WALL R_USER R_SYS R_RSS R_FLT < <(tail -n1 "$tf") || true
     fi
     if [[ $rc == 124 || $rc == 137 ]]; then
         R_STATUS="timeout after ${TIMEOUT}s"
@@ -496,8 +423,8 @@ run_one() {
 
 fail_run() { # w a rep reason
     FAILS=$((FAILS + 1))
-    printf '%s,%s,%s,"%s"\n' "$1" "$2" "$3" "${4//\"/\'}" >>"$OUT/failures.csv"
-    note "FAILED: $1 under $2 (rep $3): $4"
+    printf '%s,%s,%s,%s,"%s"\n' "$1" "$2" "${ALLOC_LABEL[$2]}" "$3" "${4//\"/\'}" >>"$OUT/failures.csv"
+    note "FAILED: $1 under ${ALLOC_LABEL[$2]} (rep $3): $4"
 }
 
 check_sum() { # w a rep : compare with the reference; returns 1 on mismatch
@@ -510,15 +437,29 @@ check_sum() { # w a rep : compare with the reference; returns 1 on mismatch
     fi
 }
 
-echo "workload,allocator,rep,reason" >"$OUT/failures.csv"
+echo "workload,alloc_id,allocator,rep,reason" >"$OUT/failures.csv"
 NW=${#WORKLOADS[@]} NA=${#ALLOCS[@]}
 TOTAL=$((REPS * NW * NA))
 REF_ALLOC=glibc
 [[ " ${ALLOCS[*]} " == *" glibc "* ]] || REF_ALLOC=${ALLOCS[0]}
-note "running $NW workload(s) x $NA allocator(s) [${ALLOCS[*]}] x $REPS rep(s) at scale $SCALE = $TOTAL runs"
+labels=$(for a in "${ALLOCS[@]}"; do printf '%s, ' "${ALLOC_LABEL[$a]}"; done)
+note "running $NW workload(s) x $NA allocator(s) [${labels%, }] x $REPS rep(s) at scale $SCALE = $TOTAL runs"
 note "report folder: $OUT"
+# progress W A: "[rep 2/5] larson under snmalloc 0.7.6 (37/190 runs left, ~4m left) ... "
+progress() {
+    local left=$((TOTAL - i)) eta="" t
+    if [[ $i -gt 0 ]]; then
+        t=$(awk -v t0="$BENCH_RT0" -v t1="$EPOCHREALTIME" -v i="$i" -v l="$left" \
+            'BEGIN { s = (t1 - t0) / i * l; printf "%d", s + 0.5 }')
+        if [[ $t -ge 90 ]]; then eta=", ~$(((t + 30) / 60))m left"; else eta=", ~${t}s left"; fi
+    fi
+    printf '[rep %d/%d] %s under %s (%d/%d runs left%s) ... ' "$rep" "$REPS" "$1" "${ALLOC_LABEL[$2]}" \
+        "$left" "$TOTAL" "$eta" >&2
+}
+
 i=0
 BENCH_T0=$(date +%s)
+BENCH_RT0=$EPOCHREALTIME
 for ((rep = 1; rep <= REPS; rep++)); do
     for ((wi = 0; wi < NW; wi++)); do
         w=${WORKLOADS[$wi]}
@@ -526,11 +467,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
         off=$(((rep - 1 + wi) % NA))
         order=("${ALLOCS[@]:off}" "${ALLOCS[@]:0:off}")
         for a in "${order[@]}"; do
+            progress "$w" "$a"
             i=$((i + 1))
-            printf '[%d/%d] %s %s rep %d ... ' "$i" "$TOTAL" "$w" "$a" "$rep" >&2
             if [[ -n ${TIMED_OUT[$w,$a]:-} ]]; then
                 # do not wait for the same hang again
-                R_WALL="" R_USER="" R_SYS="" R_RSS="" R_SUM="" R_STATUS="not run: timed out in rep ${TIMED_OUT[$w,$a]}"
+                R_WALL="" R_USER="" R_SYS="" R_RSS="" R_FLT="" R_SUM="" R_STATUS="not run: timed out in rep ${TIMED_OUT[$w,$a]}"
             else
                 run_one "$w" "$a" "$rep"
                 if [[ $R_STATUS == timeout* ]]; then TIMED_OUT[$w,$a]=$rep; fi
@@ -538,7 +479,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
             SUM[$w,$a,$rep]=$R_SUM
             STATUS[$w,$a,$rep]=$R_STATUS
             if [[ $R_STATUS == ok ]]; then
-                printf '%s s %s MiB\n' "$R_WALL" "$(((R_RSS + 512) / 1024))" >&2
+                printf '%s s, %s MiB, %s faults\n' "$R_WALL" "$(((R_RSS + 512) / 1024))" "${R_FLT:-?}" >&2
             else
                 printf 'FAILED (%s)\n' "$R_STATUS" >&2
                 if [[ $R_STATUS == "not run"* ]]; then
@@ -547,8 +488,8 @@ for ((rep = 1; rep <= REPS; rep++)); do
                     fail_run "$w" "$a" "$rep" "$R_STATUS; logs in $LOGDIR/$w.$a.$rep.*"
                 fi
             fi
-            printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$rep" "$R_WALL" "$R_USER" "$R_SYS" "$R_RSS" \
-                "$R_STATUS" "$R_SUM" >>"$RUNS_CSV"
+            printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "${ALLOC_LABEL[$a]}" "$rep" "$R_WALL" "$R_USER" \
+                "$R_SYS" "$R_RSS" "$R_FLT" "$R_STATUS" "$R_SUM" >>"$RUNS_CSV"
             [[ $R_STATUS == ok ]] || continue
             if [[ $a == "$REF_ALLOC" && -z ${REF[$w]:-} ]]; then
                 # first good reference run: check the runs that were waiting for it
@@ -569,17 +510,18 @@ BENCH_T1=$(date +%s)
 
 # results.csv: the runs that passed every check; runs.csv gets the final statuses
 {
-    echo "workload,allocator,rep,wall_s,user_s,sys_s,maxrss_kib"
-    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a rep wall usr sys rss _; do
+    echo "workload,alloc_id,allocator,rep,wall_s,user_s,sys_s,maxrss_kib,minflt"
+    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a label rep wall usr sys rss flt _; do
         if [[ ${STATUS[$w,$a,$rep]} == ok ]]; then
-            printf '%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$rep" "$wall" "$usr" "$sys" "$rss"
+            printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$label" "$rep" "$wall" "$usr" "$sys" "$rss" "$flt"
         fi
     done
 } >"$OUT/results.csv"
 {
     head -n1 "$RUNS_CSV"
-    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a rep wall usr sys rss _ sum; do
-        printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$rep" "$wall" "$usr" "$sys" "$rss" "${STATUS[$w,$a,$rep]}" "$sum"
+    tail -n +2 "$RUNS_CSV" | while IFS=, read -r w a label rep wall usr sys rss flt _ sum; do
+        printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$w" "$a" "$label" "$rep" "$wall" "$usr" "$sys" "$rss" "$flt" \
+            "${STATUS[$w,$a,$rep]}" "$sum"
     done
 } >"$RUNS_CSV.tmp"
 mv "$RUNS_CSV.tmp" "$RUNS_CSV"
@@ -607,6 +549,7 @@ meta() { printf '%s=%s\n' "$1" "${2//$'\n'/ }"; }
         meta "alloc.$a.lib" "${ALLOC_LIB[$a]:-(none)}"
         meta "alloc.$a.version" "${ALLOC_VER[$a]:-?}"
         meta "alloc.$a.source" "${ALLOC_SRC[$a]:-?}"
+        meta "alloc.$a.label" "${ALLOC_LABEL[$a]:-$a}"
     done
     for s in "${SKIPPED[@]}"; do meta skipped "$s"; done
     meta workloads "${WORKLOADS[*]}"

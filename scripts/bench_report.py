@@ -3,10 +3,13 @@
 
     scripts/bench_report.py REPORT_DIR
 
-Reads REPORT_DIR/results.csv (workload, allocator, rep, wall_s, user_s, sys_s,
-maxrss_kib), REPORT_DIR/meta.txt (key=value lines written by bench.sh) and
-REPORT_DIR/failures.csv, writes REPORT_DIR/report.md and REPORT_DIR/chart.svg,
-and prints a short geometric-mean summary on stdout.  Standard library only.
+Reads REPORT_DIR/results.csv (workload, alloc_id, allocator, rep, wall_s,
+user_s, sys_s, maxrss_kib, minflt), REPORT_DIR/meta.txt (key=value lines
+written by bench.sh) and REPORT_DIR/failures.csv, writes REPORT_DIR/report.md
+and REPORT_DIR/chart.svg, and prints a short geometric-mean summary on
+stdout.  Allocators are keyed by their id (mimalloc3, snmalloc, ...) and
+shown by their label with the version (meta.txt alloc.ID.label, e.g.
+"mimalloc 3.3.2").  Standard library only.
 """
 
 import csv
@@ -19,10 +22,23 @@ from html import escape
 COLORS = {
     "glibc": "#9a9a9a",
     "jemalloc": "#4e79a7",
+    "mimalloc3": "#f28e2b",
+    "snmalloc": "#b07aa1",
+    "tcmalloc": "#e15759",
+    "mimalloc2": "#f1c27d",
     "mimalloc": "#f28e2b",
     "chunkmalloc": "#3c9a4f",
 }
-EXTRA_COLORS = ["#b07aa1", "#e15759", "#76b7b2", "#edc948"]
+# the anchors of issue 9's targets: chunkmalloc against the best of these
+TARGET_ANCHORS = ("mimalloc3", "snmalloc", "tcmalloc")
+# workloads whose page faults the report shows (when they were run)
+FAULT_WORKLOADS = ("cycling_buffers", "large_blocks", "fragmentation", "realloc_grow", "brief_threads")
+LABELS = {}
+
+
+def label(a):
+    return LABELS.get(a, a)
+EXTRA_COLORS = ["#76b7b2", "#edc948", "#ff9da7", "#9c755f"]
 
 
 # ---------------------------------------------------------------- loading
@@ -50,7 +66,12 @@ def read_results(path):
                 rss = int(row["maxrss_kib"])
             except (KeyError, ValueError):
                 continue
-            runs.setdefault((row["workload"], row["allocator"]), []).append((wall, user + sys_, rss))
+            try:
+                flt = int(row.get("minflt") or "")
+            except ValueError:
+                flt = None
+            alloc = row.get("alloc_id") or row["allocator"]
+            runs.setdefault((row["workload"], alloc), []).append((wall, user + sys_, rss, flt))
     return runs
 
 
@@ -73,12 +94,15 @@ def geomean(values):
 class Stats:
     def __init__(self, runs, workloads, allocs):
         self.workloads, self.allocs = workloads, allocs
-        self.wall, self.cpu, self.rss, self.spread, self.n = {}, {}, {}, {}, {}
+        self.wall, self.cpu, self.rss, self.spread, self.n, self.flt = {}, {}, {}, {}, {}, {}
         for (w, a), rs in runs.items():
             walls = [r[0] for r in rs]
             self.wall[w, a] = statistics.median(walls)
             self.cpu[w, a] = statistics.median(r[1] for r in rs)
             self.rss[w, a] = statistics.median(r[2] for r in rs) / 1024.0  # MiB
+            flts = [r[3] for r in rs if r[3] is not None]
+            if flts:
+                self.flt[w, a] = statistics.median(flts)
             self.n[w, a] = len(rs)
             med = self.wall[w, a]
             self.spread[w, a] = (max(walls) - min(walls)) / med if len(walls) > 1 and med > 0 else None
@@ -92,6 +116,36 @@ class Stats:
 
     def geo(self, metric, a, base):
         return geomean([self.ratio(metric, w, a, base) for w in self.workloads])
+
+    def best(self, metric, w, among=None):
+        """(allocator, value) with the lowest median on workload w, or None"""
+        vals = [(getattr(self, metric)[w, a], a) for a in (among or self.allocs)
+                if (w, a) in getattr(self, metric)]
+        return (min(vals)[1], min(vals)[0]) if vals else None
+
+    def worst_vs_best(self, a, metric="wall"):
+        """(ratio, workload, best allocator): a's largest ratio to the best on a workload"""
+        worst = None
+        for w in self.workloads:
+            b = self.best(metric, w)
+            if b is None or (w, a) not in getattr(self, metric):
+                continue
+            r = self.ratio(metric, w, a, b[0])
+            if r is not None and (worst is None or r > worst[0]):
+                worst = (r, w, b[0])
+        return worst
+
+    def vs_best_anchor(self, a, metric, anchors):
+        """(ratio, anchor): geometric mean of a ÷ anchor over the workloads both
+        passed, for the anchor where it is largest (the best anchor)"""
+        out = None
+        for b in anchors:
+            if b not in self.allocs or b == a:
+                continue
+            g = self.geo(metric, a, b)
+            if g is not None and (out is None or g > out[0]):
+                out = (g, b)
+        return out
 
 
 # ---------------------------------------------------------------- markdown
@@ -112,7 +166,7 @@ def fmt_mib(m):
 
 def value_table(st, metric, fmt, base, unit):
     allocs = st.allocs
-    head = "| workload | " + " | ".join(f"{a} ({unit})" for a in allocs) + " |"
+    head = "| workload | " + " | ".join(f"{label(a)} ({unit})" for a in allocs) + " |"
     lines = [head, "|---|" + "---:|" * len(allocs)]
     table = getattr(st, metric)
     for w in st.workloads:
@@ -140,23 +194,59 @@ def value_table(st, metric, fmt, base, unit):
             if a != base and g is not None and n_ok < len(st.workloads):
                 cell += f" ({n_ok} of {len(st.workloads)})"
             cells.append(cell)
-        lines.append(f"| *geometric mean vs {base}* | " + " | ".join(cells) + " |")
+        lines.append(f"| *geometric mean vs {label(base)}* | " + " | ".join(cells) + " |")
     return lines
 
 
-def ratio_table(st, base):
-    others = [a for a in st.allocs if a != base]
-    head = ("| workload | " + " | ".join(f"{a} time" for a in others) + " | "
-            + " | ".join(f"{a} RSS" for a in others) + " |")
-    lines = [head, "|---|" + "---:|" * (2 * len(others))]
+def fmt_flt(f):
+    if f is None:
+        return "–"
+    return f"{f / 1e6:.2f} M" if f >= 1e6 else f"{f / 1e3:.1f} k" if f >= 1e4 else f"{f:.0f}"
+
+
+def chunk_table(st, chunk, anchors):
+    """chunkmalloc's wall time against the best allocator and each anchor, per workload"""
+    others = [a for a in anchors if a in st.allocs and a != chunk]
+    head = ("| workload | best allocator | chunkmalloc ÷ best | "
+            + " | ".join(f"÷ {label(a)}" for a in others) + " |")
+    lines = [head, "|---|---|---:|" + "---:|" * len(others)]
     for w in st.workloads:
-        cells = [fmt_ratio(st.ratio("wall", w, a, base)) for a in others]
-        cells += [fmt_ratio(st.ratio("rss", w, a, base)) for a in others]
-        lines.append(f"| {w} | " + " | ".join(cells) + " |")
-    cells = [fmt_ratio(st.geo("wall", a, base)) for a in others]
-    cells += [fmt_ratio(st.geo("rss", a, base)) for a in others]
-    lines.append("| *geometric mean* | " + " | ".join(cells) + " |")
+        b = st.best("wall", w)
+        if b is None or (w, chunk) not in st.wall:
+            continue
+        r = st.ratio("wall", w, chunk, b[0])
+        cell = fmt_ratio(r)
+        if r is not None and r > 1.25:
+            cell = f"**{cell}**"
+        cells = [fmt_ratio(st.ratio("wall", w, chunk, a)) for a in others]
+        lines.append(f"| {w} | {label(b[0])} | {cell} | " + " | ".join(cells) + " |")
+    cells = [fmt_ratio(st.geo("wall", chunk, a)) for a in others]
+    lines.append("| *geometric mean* | | | " + " | ".join(cells) + " |")
     return lines
+
+
+def targets(st, chunk, base):
+    """issue 9's targets for chunkmalloc: list of (target, measured, met)"""
+    out = []
+    if chunk not in st.allocs:
+        return out
+    ba = st.vs_best_anchor(chunk, "wall", TARGET_ANCHORS)
+    if ba:
+        out.append(("geometric mean of wall time ≤ 0.9× the best of mimalloc 3 / snmalloc / tcmalloc",
+                    f"{fmt_ratio(ba[0])} {label(ba[1])} (the best anchor)", ba[0] <= 0.9))
+    g = st.geo("rss", chunk, base)
+    if g is not None and base != chunk:
+        out.append((f"geometric mean of peak RSS ≤ {label(base)}'s", f"{fmt_ratio(g)} {label(base)}", g <= 1.0))
+    wv = st.worst_vs_best(chunk)
+    if wv:
+        over = [w for w in st.workloads
+                if st.best("wall", w) and (w, chunk) in st.wall
+                and (st.ratio("wall", w, chunk, st.best("wall", w)[0]) or 0) > 1.25]
+        text = f"worst: {wv[1]} {fmt_ratio(wv[0])} {label(wv[2])}"
+        if over:
+            text += f"; over 1.25×: {', '.join(over)}"
+        out.append(("no workload slower than 1.25× the best allocator on it", text, wv[0] <= 1.25))
+    return out
 
 
 def write_markdown(path, st, meta, multi, failures, base):
@@ -176,17 +266,13 @@ def write_markdown(path, st, meta, multi, failures, base):
     L.append("")
 
     # summary
+    chunk = "chunkmalloc" if "chunkmalloc" in allocs else None
     L.append("## Summary (geometric means over all workloads)")
     L.append("")
-    jem = "jemalloc" if "jemalloc" in allocs else None
-    head = "| allocator | time vs " + base + " | peak RSS vs " + base + " | CPU time vs " + base + " |"
-    sep = "|---|---:|---:|---:|"
-    if jem:
-        head += " time vs jemalloc | peak RSS vs jemalloc |"
-        sep += "---:|---:|"
-    head += " fastest in | smallest in | failed runs |"
-    sep += "---:|---:|---:|"
-    L += [head, sep]
+    lb = label(base)
+    head = (f"| allocator | time vs {lb} | peak RSS vs {lb} | CPU time vs {lb} | worst workload vs its best |"
+            " fastest in | smallest in | failed runs |")
+    L += [head, "|---|---:|---:|---:|---|---:|---:|---:|"]
     fastest = {a: 0 for a in allocs}
     smallest = {a: 0 for a in allocs}
     for w in st.workloads:
@@ -194,24 +280,36 @@ def write_markdown(path, st, meta, multi, failures, base):
             vals = [(table[w, a], a) for a in allocs if (w, a) in table]
             if len(vals) > 1:
                 counter[min(vals)[1]] += 1
-    nfail = {a: sum(1 for f in failures if f.get("allocator") == a) for a in allocs}
+    nfail = {a: sum(1 for f in failures if (f.get("alloc_id") or f.get("allocator")) == a) for a in allocs}
     for a in allocs:
-        row = (f"| {a} | {fmt_ratio(st.geo('wall', a, base))} | {fmt_ratio(st.geo('rss', a, base))} | "
-               f"{fmt_ratio(st.geo('cpu', a, base))} |")
-        if jem:
-            row += f" {fmt_ratio(st.geo('wall', a, jem))} | {fmt_ratio(st.geo('rss', a, jem))} |"
-        row += f" {fastest[a]} | {smallest[a]} | {nfail[a]} |"
-        L.append(row)
+        wv = st.worst_vs_best(a)
+        worst = "–" if wv is None else (
+            "best everywhere" if wv[0] <= 1.0 else f"{fmt_ratio(wv[0])} {label(wv[2])} ({wv[1]})")
+        L.append(f"| {label(a)} | {fmt_ratio(st.geo('wall', a, base))} | {fmt_ratio(st.geo('rss', a, base))} | "
+                 f"{fmt_ratio(st.geo('cpu', a, base))} | {worst} | {fastest[a]} | {smallest[a]} | {nfail[a]} |")
     L.append("")
-    L.append("Ratios below 1 mean faster / smaller than the reference.  \"Fastest in\" and "
-             "\"smallest in\" count the workloads where the allocator has the best median wall time "
+    L.append("Ratios below 1 mean faster / smaller than the reference.  \"Worst workload vs its best\" is "
+             "the allocator's largest wall-time ratio to the fastest allocator on a workload.  \"Fastest in\" "
+             "and \"smallest in\" count the workloads where the allocator has the best median wall time "
              "and peak RSS.  CPU time (user + sys) is less sensitive than wall time to other load on "
              "a shared machine, but does not show time lost waiting.")
     L.append("")
+    tg = targets(st, chunk, base) if chunk else []
+    if tg:
+        L.append("### Targets (issue 9)")
+        L.append("")
+        L.append(f"| target for {label(chunk)} | measured | met |")
+        L.append("|---|---|---|")
+        for t, m, ok in tg:
+            L.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
+        L.append("")
+        L.append("The best anchor is the one of mimalloc 3, snmalloc and tcmalloc against which chunkmalloc's "
+                 "geometric-mean time ratio is largest (over the workloads both passed).")
+        L.append("")
 
     L.append("## Wall time")
     L.append("")
-    L.append(f"Median wall-clock seconds; in parentheses the ratio to {base}.  Best per row in bold.")
+    L.append(f"Median wall-clock seconds; in parentheses the ratio to {lb}.  Best per row in bold.")
     L.append("")
     L += value_table(st, "wall", fmt_time, base, "s")
     L.append("")
@@ -219,15 +317,30 @@ def write_markdown(path, st, meta, multi, failures, base):
     L.append("## Peak RSS")
     L.append("")
     L.append(f"Median of the maximum resident set size (MiB, as reported by GNU time); "
-             f"in parentheses the ratio to {base}.")
+             f"in parentheses the ratio to {lb}.")
     L.append("")
     L += value_table(st, "rss", fmt_mib, base, "MiB")
     L.append("")
 
-    if jem and len(allocs) > 1:
-        L.append("## Ratios against jemalloc")
+    if chunk and len(allocs) > 1:
+        L.append("## chunkmalloc against the fastest allocator and the anchors")
         L.append("")
-        L += ratio_table(st, jem)
+        L.append("chunkmalloc's median wall time divided by the fastest allocator's on each workload "
+                 "(bold: over 1.25×) and by each anchor's.")
+        L.append("")
+        L += chunk_table(st, chunk, ("mimalloc3", "snmalloc", "tcmalloc", "jemalloc", "mimalloc2", "glibc"))
+        L.append("")
+
+    fw = [w for w in FAULT_WORKLOADS if w in st.workloads and any((w, a) in st.flt for a in allocs)]
+    if fw:
+        L.append("## Minor page faults")
+        L.append("")
+        L.append(f"Median minor page faults per run (GNU time `%R`) on the workloads where they matter; "
+                 f"in parentheses the ratio to {lb}.  Every workload's faults are in `runs.csv`.")
+        L.append("")
+        fst = Stats({}, fw, allocs)
+        fst.wall = st.flt
+        L += value_table(fst, "wall", fmt_flt, base, "faults")
         L.append("")
 
     L.append("## CPU time (user + sys)")
@@ -253,7 +366,7 @@ def write_markdown(path, st, meta, multi, failures, base):
                 continue
             worst_w = max((w for w in st.workloads if st.spread.get((w, a)) is not None),
                           key=lambda w: st.spread[w, a])
-            L.append(f"| {a} | {statistics.median(s) * 100:.0f}% | "
+            L.append(f"| {label(a)} | {statistics.median(s) * 100:.0f}% | "
                      f"{st.spread[worst_w, a] * 100:.0f}% ({worst_w}) |")
         L.append("")
 
@@ -288,7 +401,7 @@ def write_markdown(path, st, meta, multi, failures, base):
     L.append("| allocator | version | library | from |")
     L.append("|---|---|---|---|")
     for a in allocs:
-        L.append(f"| {a} | {meta.get(f'alloc.{a}.version', '?')} | `{meta.get(f'alloc.{a}.lib', '?')}` "
+        L.append(f"| {label(a)} | {meta.get(f'alloc.{a}.version', '?')} | `{meta.get(f'alloc.{a}.lib', '?')}` "
                  f"| {meta.get(f'alloc.{a}.source', '?')} |")
     for s in multi.get("skipped", []):
         L.append(f"| ~~{s.split(':', 1)[0]}~~ | | | skipped: {s.split(':', 1)[1].strip() if ':' in s else s} |")
@@ -378,7 +491,7 @@ def svg_panel(out, st, metric, base, title, x0, y0, width, height, label_room):
             ym = ypos(v * 1.5)
             grid.append(f'<line x1="{px0}" x2="{px0 + pw}" y1="{ym:.1f}" y2="{ym:.1f}" class="minor"/>')
     grid.append(f'<text x="{x0 + 12}" y="{py0 + ph / 2:.1f}" class="axis" text-anchor="middle" '
-                f'transform="rotate(-90 {x0 + 12} {py0 + ph / 2:.1f})">× {escape(base)} (log scale)</text>')
+                f'transform="rotate(-90 {x0 + 12} {py0 + ph / 2:.1f})">× {escape(label(base))} (log scale)</text>')
 
     ng, na = len(groups), max(1, len(bars))
     gm_scale = 1.8  # the geomean group is wider, to leave room for its labels
@@ -406,7 +519,7 @@ def svg_panel(out, st, metric, base, title, x0, y0, width, height, label_room):
                 continue
             yr = ypos(r)
             top, h = min(yr, y1), max(abs(yr - y1), 1.0)
-            tip = f"{a} on {w}: {r:.2f}× {base}"
+            tip = f"{label(a)} on {w}: {r:.2f}× {label(base)}"
             if w != "geomean":
                 raw = table.get((w, a))
                 tip += f" ({raw:.2f} s)" if metric in ("wall", "cpu") else f" ({raw:.1f} MiB)"
@@ -433,6 +546,20 @@ def svg_panel(out, st, metric, base, title, x0, y0, width, height, label_room):
     return partial
 
 
+def legend_layout(allocs, base, width):
+    """[(allocator or None for the note, text, x, y offset)], wrapped to the width"""
+    items = [(a, f"{label(a)} (= 1×)" if a == base else label(a)) for a in allocs]
+    items.append((None, "✕ = no passing run"))
+    out, lx, ly = [], 10, 0
+    for a, text in items:
+        w = int(7.4 * len(text)) + 40
+        if lx > 10 and lx + w > width - 10:
+            lx, ly = 10, ly + 20
+        out.append((a, text, lx, ly))
+        lx += w
+    return out
+
+
 def write_svg(path, st, base, meta):
     allocs = st.allocs
     ng = len(st.workloads) + 1
@@ -440,7 +567,8 @@ def write_svg(path, st, base, meta):
     width = max(760, int(56 + 10 + ng * max(14 * nbars + 12, 40)))
     label_room = 16 + int(5.0 * max(len(w) for w in list(st.workloads) + ["geomean"]))
     panel_h = 300 + label_room
-    header = 78
+    legend = legend_layout(allocs, base, width)
+    header = 78 + legend[-1][3]
     partial = any(st.ratio(m, w, a, base) is None and (w, base) in getattr(st, m)
                   for m in ("wall", "rss") for w in st.workloads for a in allocs if a != base)
     height = header + 2 * panel_h + (22 if partial else 0)
@@ -468,26 +596,26 @@ def write_svg(path, st, base, meta):
            "</style>",
            f'<rect width="{width}" height="{height}" fill="#fff"/>']
     out.append(f'<text x="10" y="22" class="title" style="font-size:17px">'
-               f'Allocator comparison: wall time and peak RSS relative to {escape(base)}</text>')
+               f'Allocator comparison: wall time and peak RSS relative to {escape(label(base))}</text>')
     sub = (f"median of {meta.get('reps', '?')} run(s) per cell at scale {meta.get('scale', '?')} · "
            f"{meta.get('host_nproc', '?')} CPUs · {meta.get('date', '')} · lower is better")
     skipped = [x.split(":", 1)[0] for x in meta.get("_skipped", [])]
     if skipped:
         sub += " · not available: " + ", ".join(skipped)
     out.append(f'<text x="10" y="42" class="sub">{escape(sub)}</text>')
-    # legend on its own row
-    lx = 10
-    for a in allocs:
-        label = f"{a} (= 1×)" if a == base else a
+    # legend on its own row(s)
+    for a, text, lx, ly in legend:
+        if a is None:
+            out.append(f'<text x="{lx}" y="{65 + ly}" class="note">{escape(text)}</text>')
+            continue
         if a == base:
-            out.append(f'<line x1="{lx}" x2="{lx + 14}" y1="60.5" y2="60.5" class="base" style="stroke-width:2"/>')
+            out.append(f'<line x1="{lx}" x2="{lx + 14}" y1="{60.5 + ly}" y2="{60.5 + ly}" class="base" '
+                       f'style="stroke-width:2"/>')
         else:
-            out.append(f'<rect x="{lx}" y="54" width="13" height="13" fill="{color_of(a, allocs)}"/>')
-        out.append(f'<text x="{lx + 19}" y="65" class="leg">{escape(label)}</text>')
-        lx += int(7.4 * len(label)) + 40
-    out.append(f'<text x="{lx + 10}" y="65" class="note">✕ = no passing run</text>')
-    svg_panel(out, st, "wall", base, f"Wall time ÷ {base}", 0, header, width, panel_h, label_room)
-    svg_panel(out, st, "rss", base, f"Peak RSS ÷ {base}", 0, header + panel_h, width, panel_h, label_room)
+            out.append(f'<rect x="{lx}" y="{54 + ly}" width="13" height="13" fill="{color_of(a, allocs)}"/>')
+        out.append(f'<text x="{lx + 19}" y="{65 + ly}" class="leg">{escape(text)}</text>')
+    svg_panel(out, st, "wall", base, f"Wall time ÷ {label(base)}", 0, header, width, panel_h, label_room)
+    svg_panel(out, st, "rss", base, f"Peak RSS ÷ {label(base)}", 0, header + panel_h, width, panel_h, label_room)
     if partial:
         out.append(f'<text x="10" y="{height - 8}" class="note">* geometric mean over the workloads '
                    f'where the allocator had a passing run</text>')
@@ -508,21 +636,25 @@ def main():
     allocs = meta.get("allocators", "").split() or sorted({a for _, a in runs})
     workloads = meta.get("workloads", "").split() or sorted({w for w, _ in runs})
     base = meta.get("reference") or allocs[0]
+    for a in allocs:
+        LABELS[a] = meta.get(f"alloc.{a}.label", a)
     st = Stats(runs, workloads, allocs)
     write_markdown(os.path.join(folder, "report.md"), st, meta, multi, failures, base)
     write_svg(os.path.join(folder, "chart.svg"), st, base, dict(meta, _skipped=multi.get("skipped", [])))
 
     # summary for the terminal
     lines = [f"geometric means over {len(workloads)} workloads "
-             f"(scale {meta.get('scale', '?')}, {meta.get('reps', '?')} rep(s)); ratio to {base}:"]
-    lines.append(f"  {'allocator':<12} {'wall':>7} {'peak RSS':>9} {'CPU':>7}" +
-                 ("   vs jemalloc: wall  RSS" if "jemalloc" in allocs else ""))
+             f"(scale {meta.get('scale', '?')}, {meta.get('reps', '?')} rep(s)); ratio to {label(base)}:"]
+    width = max([9] + [len(label(a)) for a in allocs])
+    lines.append(f"  {'allocator':<{width}} {'wall':>7} {'peak RSS':>9} {'CPU':>7}   worst workload vs its best")
     for a in allocs:
-        line = (f"  {a:<12} {fmt_ratio(st.geo('wall', a, base)):>7} {fmt_ratio(st.geo('rss', a, base)):>9}"
-                f" {fmt_ratio(st.geo('cpu', a, base)):>7}")
-        if "jemalloc" in allocs:
-            line += f"   {fmt_ratio(st.geo('wall', a, 'jemalloc')):>17} {fmt_ratio(st.geo('rss', a, 'jemalloc')):>5}"
-        lines.append(line)
+        wv = st.worst_vs_best(a)
+        worst = "" if wv is None else f"{fmt_ratio(wv[0])} {label(wv[2])} ({wv[1]})"
+        lines.append(f"  {label(a):<{width}} {fmt_ratio(st.geo('wall', a, base)):>7} "
+                     f"{fmt_ratio(st.geo('rss', a, base)):>9} {fmt_ratio(st.geo('cpu', a, base)):>7}   {worst}")
+    if "chunkmalloc" in allocs:
+        for t, m, ok in targets(st, "chunkmalloc", base):
+            lines.append(f"  target: {t}: {m} - {'met' if ok else 'NOT met'}")
     if failures:
         lines.append(f"  {len(failures)} failed run(s), see failures.csv")
     print("\n".join(lines))
