@@ -446,11 +446,25 @@ labels=$(for a in "${ALLOCS[@]}"; do printf '%s, ' "${ALLOC_LABEL[$a]}"; done)
 note "running $NW workload(s) x $NA allocator(s) [${labels%, }] x $REPS rep(s) at scale $SCALE = $TOTAL runs"
 note "report folder: $OUT"
 # progress W A: "[rep 2/5] larson under snmalloc 0.7.6 (37/190 runs left, ~4m left) ... "
+# The estimate counts each run left at the mean duration of that workload's
+# runs so far (of all runs so far for a workload not yet run).
+declare -A WL_US=() WL_N=()
+RUN_US=0
+usecs() { local t=${EPOCHREALTIME/[.,]/}; printf '%s' "$((10#$t))"; }
 progress() {
-    local left=$((TOTAL - i)) eta="" t
+    local left=$((TOTAL - i)) eta="" t=0 x n wx
     if [[ $i -gt 0 ]]; then
-        t=$(awk -v t0="$BENCH_RT0" -v t1="$EPOCHREALTIME" -v i="$i" -v l="$left" \
-            'BEGIN { s = (t1 - t0) / i * l; printf "%d", s + 0.5 }')
+        for ((x = 0; x < NW; x++)); do
+            wx=${WORKLOADS[$x]}
+            n=$(((REPS - rep) * NA))
+            if ((x > wi)); then n=$((n + NA)); elif ((x == wi)); then n=$((n + NA - k)); fi
+            if [[ -n ${WL_N[$wx]:-} ]]; then
+                t=$((t + n * WL_US[$wx] / WL_N[$wx]))
+            else
+                t=$((t + n * (RUN_US / i)))
+            fi
+        done
+        t=$(((t + 500000) / 1000000))
         if [[ $t -ge 90 ]]; then eta=", ~$(((t + 30) / 60))m left"; else eta=", ~${t}s left"; fi
     fi
     printf '[rep %d/%d] %s under %s (%d/%d runs left%s) ... ' "$rep" "$REPS" "$1" "${ALLOC_LABEL[$2]}" \
@@ -459,16 +473,16 @@ progress() {
 
 i=0
 BENCH_T0=$(date +%s)
-BENCH_RT0=$EPOCHREALTIME
 for ((rep = 1; rep <= REPS; rep++)); do
     for ((wi = 0; wi < NW; wi++)); do
         w=${WORKLOADS[$wi]}
         # rotate the allocator order per repetition and per workload
         off=$(((rep - 1 + wi) % NA))
         order=("${ALLOCS[@]:off}" "${ALLOCS[@]:0:off}")
+        k=0
         for a in "${order[@]}"; do
             progress "$w" "$a"
-            i=$((i + 1))
+            t_start=$(usecs)
             if [[ -n ${TIMED_OUT[$w,$a]:-} ]]; then
                 # do not wait for the same hang again
                 R_WALL="" R_USER="" R_SYS="" R_RSS="" R_FLT="" R_SUM="" R_STATUS="not run: timed out in rep ${TIMED_OUT[$w,$a]}"
@@ -476,6 +490,9 @@ for ((rep = 1; rep <= REPS; rep++)); do
                 run_one "$w" "$a" "$rep"
                 if [[ $R_STATUS == timeout* ]]; then TIMED_OUT[$w,$a]=$rep; fi
             fi
+            t_run=$(($(usecs) - t_start))
+            i=$((i + 1)) k=$((k + 1)) RUN_US=$((RUN_US + t_run))
+            WL_US[$w]=$((${WL_US[$w]:-0} + t_run)) WL_N[$w]=$((${WL_N[$w]:-0} + 1))
             SUM[$w,$a,$rep]=$R_SUM
             STATUS[$w,$a,$rep]=$R_STATUS
             if [[ $R_STATUS == ok ]]; then
