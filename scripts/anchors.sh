@@ -73,7 +73,7 @@ anchor_glibc_version() {
 anchor_fetch_crates() {
     [[ $ANCHOR_FETCHED == 0 ]] || return 0
     ANCHOR_FETCHED=1
-    command -v cargo >/dev/null || return 1
+    command -v cargo >/dev/null || { anchor_note "cargo not found: cannot fetch the crate sources"; return 1; }
     local dir=$ANCHOR_LIBS/crates
     mkdir -p "$dir"
     cat >"$dir/Cargo.toml" <<'EOF'
@@ -161,7 +161,7 @@ setup_mimalloc3() {
     local src dir
     anchor_crate_src libmimalloc-sys
     src=$ANCHOR_SRC
-    [[ -n $src ]] || { ANCHOR_WHY="no libmimalloc-sys sources (cargo vendor failed and none in the cargo registry)"; return 1; }
+    [[ -n $src ]] || { ANCHOR_WHY="no libmimalloc-sys sources (not fetched and none in the cargo registry)"; return 1; }
     for dir in "$src/c_src/mimalloc/v3" "$src/c_src/mimalloc"; do
         [[ -f $dir/src/static.c && $(mimalloc_version "$dir") == 3.* ]] && break
     done
@@ -201,7 +201,7 @@ setup_snmalloc() {
     anchor_crate_src snmalloc-sys
     src=$ANCHOR_SRC
     [[ -n $src && -f $src/upstream/CMakeLists.txt ]] ||
-        { ANCHOR_WHY="no snmalloc-sys sources (cargo vendor failed and none in the cargo registry)"; return 1; }
+        { ANCHOR_WHY="no snmalloc-sys sources (not fetched and none in the cargo registry)"; return 1; }
     ver=$(crate_version "$src")
     out=$ANCHOR_LIBS/snmalloc-$ver/libsnmallocshim.so
     bdir=$ANCHOR_LIBS/snmalloc-$ver/build

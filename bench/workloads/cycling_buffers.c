@@ -24,28 +24,11 @@ typedef struct { unsigned char *p; size_t size; uint64_t tag; } buf;
 
 static void *(*volatile clear)(void *, int, size_t) = memset;
 
-/* one tag word at the start of every MiB, and the last word */
-static void mark(buf *b)
-{
-    for (size_t off = 0; off + 8 <= b->size; off += MiB) {
-        uint64_t v = b->tag ^ off;
-        memcpy(b->p + off, &v, 8);
-    }
-    uint64_t last = ~b->tag;
-    memcpy(b->p + b->size - 8, &last, 8);
-}
-
-/* the tag words are intact and one page (between two tag words) is zero */
+/* the stamps are intact and one page (between two stamps) is zero */
 static void verify(const buf *b, wl_rng *r)
 {
-    for (size_t off = 0; off + 8 <= b->size - 8; off += MiB) {
-        uint64_t v;
-        memcpy(&v, b->p + off, 8);
-        if (v != (b->tag ^ off)) wl_corrupt("cycling buffer tag word", b->p, b->size, b->tag);
-    }
-    uint64_t last;
-    memcpy(&last, b->p + b->size - 8, 8);
-    if (last != ~b->tag) wl_corrupt("cycling buffer tail", b->p, b->size, b->tag);
+    if (!wl_stamped(b->p, b->size, b->size, b->tag, MiB, 1))
+        wl_corrupt("cycling buffer stamp", b->p, b->size, b->tag);
     size_t mib = (size_t)wl_below(r, b->size / MiB - 1);
     const uint64_t *w = (const uint64_t *)(b->p + mib * MiB + PAGE);
     for (size_t i = 0; i < PAGE / 8; i++)
@@ -58,7 +41,7 @@ static void fill_new(buf *b, wl_rng *r)
     b->tag = wl_next(r);
     b->p = wl_malloc(b->size);
     clear(b->p, 0, b->size);
-    mark(b);
+    wl_stamp(b->p, b->size, b->tag, MiB); /* one word per MiB, and the last word */
 }
 
 int main(int argc, char **argv)

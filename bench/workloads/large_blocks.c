@@ -19,30 +19,14 @@
 
 typedef struct { unsigned char *p; size_t size; uint64_t tag; } blk;
 
-static void touch(blk *b)
-{
-    /* one 8-byte word per page, plus the very last word */
-    for (size_t off = 0; off + 8 <= b->size; off += PAGE) {
-        uint64_t v = b->tag ^ off;
-        memcpy(b->p + off, &v, 8);
-    }
-    uint64_t last = ~b->tag;
-    memcpy(b->p + b->size - 8, &last, 8);
-}
+/* one 8-byte word per page, plus the very last word */
+static void touch(blk *b) { wl_stamp(b->p, b->size, b->tag, PAGE); }
 
 /* verify the first `upto` bytes' page words (and the tail if it is intact) */
 static void verify(const blk *b, size_t upto, int tail)
 {
-    for (size_t off = 0; off + 8 <= upto && off + 8 <= b->size - 8; off += PAGE) {
-        uint64_t v;
-        memcpy(&v, b->p + off, 8);
-        if (v != (b->tag ^ off)) wl_corrupt("large block page word", b->p, b->size, b->tag);
-    }
-    if (tail) {
-        uint64_t last;
-        memcpy(&last, b->p + b->size - 8, 8);
-        if (last != ~b->tag) wl_corrupt("large block tail", b->p, b->size, b->tag);
-    }
+    if (!wl_stamped(b->p, b->size, upto, b->tag, PAGE, tail))
+        wl_corrupt("large block page word or tail", b->p, b->size, b->tag);
 }
 
 int main(int argc, char **argv)

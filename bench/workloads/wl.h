@@ -215,6 +215,39 @@ static inline void wl_verify(const void *p, size_t n, uint64_t tag, const char *
 }
 
 /*
+ * Stamps for large buffers: the word tag ^ offset every `stride` bytes from
+ * the start and ~tag in the last 8 bytes (n >= 16), so that every page or
+ * MiB written is checked without filling all of it.
+ */
+static inline void wl_stamp(unsigned char *p, size_t n, uint64_t tag, size_t stride)
+{
+    for (size_t off = 0; off + 8 <= n; off += stride) {
+        uint64_t v = tag ^ off;
+        memcpy(p + off, &v, 8);
+    }
+    uint64_t last = ~tag;
+    memcpy(p + n - 8, &last, 8);
+}
+
+/* 1 if the stamps in the first `upto` bytes (and, with tail, the last
+ * word) are intact; stamps overlapping the last word are not checked */
+static inline int wl_stamped(const unsigned char *p, size_t n, size_t upto, uint64_t tag, size_t stride,
+                             int tail)
+{
+    for (size_t off = 0; off + 8 <= upto && off + 8 <= n - 8; off += stride) {
+        uint64_t v;
+        memcpy(&v, p + off, 8);
+        if (v != (tag ^ off)) return 0;
+    }
+    if (tail) {
+        uint64_t last;
+        memcpy(&last, p + n - 8, 8);
+        if (last != ~tag) return 0;
+    }
+    return 1;
+}
+
+/*
  * Self-describing block: the first 16 bytes hold (tag, size) and the rest
  * (up to `body` bytes of it) carry the pattern, so whichever thread frees the
  * block can verify it without knowing who allocated it.  size >= 16.
