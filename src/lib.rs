@@ -93,6 +93,11 @@ mod api {
         s.committed = budget::GLOBAL.committed();
         s.peak_committed = budget::GLOBAL.peak();
         s.mapped = s.committed + g.decommitted_bytes - g.decommitted_count * page;
+        s.metadata += chunk_map::leaves() * chunk_map::LEAF_BYTES;
+        // Read at slightly different instants: clamped.
+        s.budget_live = s
+            .committed
+            .saturating_sub(s.cached + g.decommitted_count * page + s.metadata);
         s.budget_limit = budget::GLOBAL.limit();
         s.failed_allocs = budget::GLOBAL.failures();
         s
@@ -129,9 +134,11 @@ mod api {
     /// Writes the statistics table to stderr without allocating.
     pub fn print_stats() {
         let s = stats();
-        let rows: [(&[u8], usize); 12] = [
+        let rows: [(&[u8], usize); 14] = [
             (b"in use", s.in_use),
             (b"committed", s.committed),
+            (b"budget live", s.budget_live),
+            (b"metadata", s.metadata),
             (b"peak committed", s.peak_committed),
             (b"cached", s.cached),
             (b"mapped", s.mapped),

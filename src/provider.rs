@@ -469,6 +469,8 @@ pub struct Provider<A: Allocator + 'static> {
     shared: [ChunkStack; NUM_CHUNK_CLASSES],
     /// Chunks pushed on `shared` and not yet taken (a hint for reclaimers).
     shared_count: AtomicUsize,
+    /// Their committed bytes (for statistics).
+    shared_bytes: AtomicUsize,
     /// Committed bytes in `local` (written under the heap lock; read by `stats`).
     local_bytes: AtomicUsize,
     /// Chunks in `local` (as `local_bytes`).
@@ -504,6 +506,7 @@ impl<A: Allocator + 'static> Provider<A> {
             local: UnsafeCell::new([ptr::null_mut(); NUM_CHUNK_CLASSES]),
             shared: [EMPTY_STACK; NUM_CHUNK_CLASSES],
             shared_count: AtomicUsize::new(0),
+            shared_bytes: AtomicUsize::new(0),
             local_bytes: AtomicUsize::new(0),
             local_count: AtomicUsize::new(0),
             last_flush_ms: AtomicU64::new(0),
@@ -513,12 +516,13 @@ impl<A: Allocator + 'static> Provider<A> {
         }
     }
 
-    /// Committed bytes and chunks in the local lists, and the lifetime
-    /// counts of chunks mapped and reused. Any thread may call this.
+    /// Committed bytes and chunks in the local lists and shared stacks,
+    /// and the lifetime counts of chunks mapped and reused. Any thread may
+    /// call this.
     pub fn counters(&self) -> (usize, usize, usize, usize) {
         (
-            self.local_bytes.load(Ordering::Relaxed),
-            self.local_count.load(Ordering::Relaxed),
+            self.local_bytes.load(Ordering::Relaxed) + self.shared_bytes.load(Ordering::Relaxed),
+            self.local_count.load(Ordering::Relaxed) + self.shared_count.load(Ordering::Relaxed),
             self.mapped_chunks.load(Ordering::Relaxed),
             self.reused_chunks.load(Ordering::Relaxed),
         )
@@ -555,20 +559,22 @@ impl<A: Allocator + 'static> Provider<A> {
             // Take what other threads gave back, whole (no single-node
             // pop, so any thread may empty the stack without ABA).
             let mut c = self.shared[cls].take_all();
-            let mut n = 0;
+            let (mut n, mut bytes) = (0, 0);
             while !c.is_null() {
                 // SAFETY: the taken list is ours.
                 unsafe {
                     let next = (*c).link.load(Ordering::Relaxed);
                     (*c).link.store(local[cls], Ordering::Relaxed);
                     local[cls] = c;
-                    bump(&self.local_bytes, (*c).size);
+                    bytes += (*c).size;
                     c = next;
                 }
                 n += 1;
             }
+            bump(&self.local_bytes, bytes);
             bump(&self.local_count, n);
             self.shared_count.fetch_sub(n, Ordering::Relaxed);
+            self.shared_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
         let c = local[cls];
         if c.is_null() {
@@ -702,6 +708,7 @@ impl<A: Allocator + 'static> Provider<A> {
             // Counted before the push, so a reclaimer that sees the chunk
             // also sees the hint.
             self.shared_count.fetch_add(1, Ordering::Relaxed);
+            self.shared_bytes.fetch_add(size, Ordering::Relaxed);
             // SAFETY: `c` is on no other list.
             unsafe { self.shared[crate::size_class::chunk_class_of(size)].push(c) };
         }
@@ -751,14 +758,18 @@ impl<A: Allocator + 'static> Provider<A> {
         for s in self.shared.iter() {
             let list = s.take_all();
             let mut c = list;
-            let mut n = 0;
+            let (mut n, mut bytes) = (0, 0);
             while !c.is_null() {
                 n += 1;
                 // SAFETY: the taken list is ours.
-                c = unsafe { (*c).link.load(Ordering::Relaxed) };
+                unsafe {
+                    bytes += (*c).size;
+                    c = (*c).link.load(Ordering::Relaxed);
+                }
             }
             if n != 0 {
                 self.shared_count.fetch_sub(n, Ordering::Relaxed);
+                self.shared_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 self.global.push_list(list, now);
             }
         }

@@ -433,6 +433,7 @@ fn unlink_orphaned() {
 /// Adds every heap's counters into `s`.
 pub(crate) fn add_stats(s: &mut crate::Stats) {
     let mut in_use: isize = 0;
+    let mut records: usize = 0;
     let mut h = REGISTRY.all.load(Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: records are never freed; counters are atomics.
@@ -440,6 +441,11 @@ pub(crate) fn add_stats(s: &mut crate::Stats) {
             heap::add_stats_of(h, s, &mut in_use);
             h = (*h).all_next;
         }
+        records += 1;
     }
+    // Records are carved in order from regions mapped whole, a new one
+    // only when the current one has no room for another record.
+    let per_region = RECORD_REGION / core::mem::size_of::<Heap>().next_multiple_of(64);
+    s.metadata += records.div_ceil(per_region) * RECORD_REGION;
     heap::add_global_stats(s, in_use);
 }

@@ -21,6 +21,15 @@ pub struct Stats {
     pub committed: usize,
     /// Peak of `committed`.
     pub peak_committed: usize,
+    /// Budget in use by live objects: bytes charged to the chunks and
+    /// mappings that hold live blocks (`committed` minus free cached
+    /// chunks, the header pages of decommitted ones and `metadata`).
+    /// `budget_live - in_use` is what partly used chunks and rounding
+    /// cost; `committed - budget_live` is what caches and metadata hold.
+    pub budget_live: usize,
+    /// Committed bytes of chunkmalloc's own metadata (chunk-map leaves,
+    /// heap records).
+    pub metadata: usize,
     /// Committed bytes in free chunks held in caches.
     pub cached: usize,
     /// Bytes mapped (committed plus decommitted cached chunks).
