@@ -1,9 +1,9 @@
 //! The process-wide byte budget: one counter of bytes committed from the OS
 //! and one cap.
 //!
-//! Every byte chunkmalloc maps (slab and oversized chunks, huge mappings,
-//! metadata) or recommits is reserved here first and released when it is
-//! unmapped or decommitted. Reservation is a CAS loop that never overshoots
+//! Every byte chunkmalloc commits (the used pages of slab and oversized
+//! chunks, huge mappings, metadata) is reserved here first and released
+//! when it is unmapped or decommitted. Reservation is a CAS loop that never overshoots
 //! the cap, so the cap holds with any number of racing threads. It runs per
 //! chunk, never per `malloc`.
 

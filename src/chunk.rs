@@ -20,6 +20,7 @@
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
+use crate::budget::Budget;
 use crate::os;
 pub use crate::remote::{Block, RemoteList};
 use crate::stack::{Linked, Stack};
@@ -108,7 +109,14 @@ pub struct Chunk {
     pub remote: RemoteList,
     /// The cached chunk's data pages are decommitted.
     pub decommitted: bool,
-    _pad1: [u8; 7],
+    _pad1: [u8; 3],
+    /// Bytes from the chunk's start charged to the budget, a multiple of
+    /// the page size; 0 means the whole mapping (huge mappings). No page at
+    /// or beyond it is committed: it was never touched since the mapping
+    /// was made, or it was decommitted. Written by whoever holds the chunk
+    /// exclusively, or by its owner (slab carving, under the heap lock).
+    /// Chunk-class chunks are at most 8 MiB, so 32 bits hold it.
+    pub charged: u32,
     /// Link for [`ChunkStack`]s and the global cache.
     pub link: AtomicPtr<Chunk>,
     /// Bytes of the chunk (or of the huge mapping).
@@ -162,7 +170,8 @@ impl Chunk {
             next: ptr::null_mut(),
             remote: RemoteList::new(),
             decommitted: false,
-            _pad1: [0; 7],
+            _pad1: [0; 3],
+            charged: 0,
             link: AtomicPtr::new(ptr::null_mut()),
             size: 0,
             obj_offset: 0,
@@ -186,6 +195,46 @@ impl Chunk {
             (*c).fresh = fresh;
         }
         c
+    }
+
+    /// Bytes of the chunk charged to the budget (see `Chunk::charged`).
+    ///
+    /// # Safety
+    /// `c` is a chunk header the caller may read (owner, or exclusive).
+    #[inline]
+    pub unsafe fn charged(c: *mut Chunk) -> usize {
+        // SAFETY: per the contract.
+        unsafe {
+            match (*c).charged {
+                0 => (*c).size,
+                n => n as usize,
+            }
+        }
+    }
+
+    /// Makes at least `need` bytes from the chunk's start (rounded up to
+    /// pages) charged to `budget`. False, with nothing changed, if the
+    /// budget refuses.
+    ///
+    /// # Safety
+    /// `c` is a chunk-class chunk the caller holds exclusively or owns
+    /// (under the heap lock); `need <= (*c).size`.
+    #[inline]
+    pub unsafe fn charge_to(c: *mut Chunk, need: usize, budget: &Budget) -> bool {
+        // SAFETY: per the contract.
+        unsafe {
+            let have = Chunk::charged(c);
+            if need <= have {
+                return true;
+            }
+            let want = need.next_multiple_of(os::page_size());
+            check!(want <= (*c).size, "charges stay inside the chunk");
+            if !budget.try_reserve(want - have) {
+                return false;
+            }
+            (*c).charged = want as u32;
+            true
+        }
     }
 
     /// Turns a cached chunk into a slab for `class` (`block_size` bytes) owned
@@ -288,12 +337,15 @@ impl Chunk {
     }
 
     /// Carves up to a page's worth (at least one block) of never-used blocks
-    /// into `free`. Returns false if the bump area is exhausted.
+    /// into `free`, charging `budget` for the pages they reach that were not
+    /// charged yet. Returns false if the bump area is exhausted, or if the
+    /// budget refuses and no whole block lies in pages already charged
+    /// (then `bump < end` still).
     ///
     /// # Safety
-    /// Owner only; `free` is empty.
+    /// Owner only (under the heap lock); `free` is empty.
     #[inline(never)]
-    pub unsafe fn extend(c: *mut Chunk) -> bool {
+    pub unsafe fn extend(c: *mut Chunk, budget: &Budget) -> bool {
         // SAFETY: owner-only fields; blocks beyond `bump` are unused and
         // inside the chunk.
         unsafe {
@@ -302,8 +354,17 @@ impl Chunk {
             if avail == 0 {
                 return false;
             }
-            let want = (os::page_size() / bs).clamp(1, 256).min(avail);
+            let mut want = (os::page_size() / bs).clamp(1, 256).min(avail);
             let first = (*c).bump;
+            let base = c as usize;
+            let reach = first as usize + want * bs - base;
+            if !Chunk::charge_to(c, reach, budget) {
+                // Near the cap: only what fits in the pages already charged.
+                want = (base + Chunk::charged(c)).saturating_sub(first as usize) / bs;
+                if want == 0 {
+                    return false;
+                }
+            }
             let mut b = first;
             for _ in 1..want {
                 let nb = b.add(bs);
@@ -373,12 +434,13 @@ impl Chunk {
     }
 
     /// Makes `free` non-empty if any block is available: remote frees
-    /// (taken in O(1)), then local frees, then never-used blocks. Returns
-    /// whether it succeeded.
+    /// (taken in O(1)), then local frees, then never-used blocks (charged
+    /// to `budget` as their pages are reached). Returns whether it
+    /// succeeded; false with `bump < end` means the budget refused.
     ///
     /// # Safety
     /// Owner only; `c` is a slab.
-    pub unsafe fn refill(c: *mut Chunk) -> bool {
+    pub unsafe fn refill(c: *mut Chunk, budget: &Budget) -> bool {
         // SAFETY: owner-only fields.
         unsafe {
             if !(*c).free.is_null() {
@@ -393,7 +455,7 @@ impl Chunk {
                 (*c).free_is_zero = false;
                 return true;
             }
-            Chunk::extend(c)
+            Chunk::extend(c, budget)
         }
     }
 
@@ -467,6 +529,9 @@ mod tests {
     use super::*;
     use crate::size_class::CHUNK_SIZE;
 
+    /// A budget of the tests' own (the chunks here are mapped directly).
+    static B: Budget = Budget::new();
+
     fn new_chunk() -> *mut Chunk {
         let p = os::map_aligned(CHUNK_SIZE, CHUNK_SIZE, 0);
         assert!(!p.is_null());
@@ -482,7 +547,7 @@ mod tests {
             Chunk::init_slab(c, 3, 64, 1 << 6);
             let mut seen = std::collections::HashSet::new();
             let mut blocks = Vec::new();
-            while Chunk::refill(c) {
+            while Chunk::refill(c, &B) {
                 let b = (*c).free;
                 (*c).free = (*b).next;
                 (*c).used += 1;
@@ -502,7 +567,7 @@ mod tests {
                     (*c).used -= 1;
                 }
             }
-            assert!(Chunk::refill(c));
+            assert!(Chunk::refill(c, &B));
             assert_eq!((*c).used, 0, "remote frees are counted at collection");
             let len = |mut b: *mut Block| {
                 let mut n = 0;
@@ -534,7 +599,7 @@ mod tests {
         // SAFETY: the test owns the chunk; blocks are carved from it.
         unsafe {
             Chunk::init_slab(c, 0, 16, 1 << 6);
-            Chunk::extend(c);
+            Chunk::extend(c, &B);
             let b1 = (*c).free;
             let b2 = (*b1).next;
             (*c).free = ptr::null_mut();

@@ -374,9 +374,10 @@ unsafe fn alloc_slow(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
 unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
     // SAFETY: owner thread of a real heap, lock held.
     unsafe {
+        let budget = (*heap).provider.budget();
         let mut c = (*heap).bins[cls].first;
         while !c.is_null() {
-            if Chunk::refill(c) {
+            if Chunk::refill(c, budget) {
                 if c != (*heap).bins[cls].first {
                     bin_remove(heap, cls, c);
                     bin_push_front(heap, cls, c);
@@ -384,6 +385,12 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
                 return alloc_class(heap, cls, zero);
             }
             let next = (*c).next;
+            if (*c).bump < (*c).end {
+                // Not full: the budget refused its next page. It stays
+                // attached; the caller's purge and retry may make room.
+                c = next;
+                continue;
+            }
             match Chunk::mark_full(c) {
                 MarkFull::Detached => {
                     bin_remove(heap, cls, c);
@@ -396,47 +403,54 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
                 MarkFull::Skip => c = next,
             }
         }
-        let c = acquire_chunk(heap, chunk_class_of(slab_chunk_size(cls)));
+        // Charged for its first block now, the rest page by page as the
+        // bump cursor reaches it.
+        let c = acquire_chunk(
+            heap,
+            chunk_class_of(slab_chunk_size(cls)),
+            HEADER_SIZE + class_size(cls),
+        );
         if c.is_null() {
             return ptr::null_mut();
         }
         Chunk::init_slab(c, cls, class_size(cls), heap as usize);
         bump(&(*heap).slab_chunks, 1);
         bin_push_front(heap, cls, c);
-        Chunk::extend(c);
+        Chunk::extend(c, budget);
         alloc_class(heap, cls, zero)
     }
 }
 
-/// A free chunk of chunk class `cls` for `heap`: from its own provider,
-/// then the global cache, then what abandoned heaps hold, then the OS; when
-/// the budget (or the OS) refuses, after giving back every cache and
+/// A free chunk of chunk class `cls` for `heap`, with at least its first
+/// `need` bytes charged to the budget: from its own provider, then the
+/// global cache, then what abandoned heaps hold, then the OS; when the
+/// budget (or the OS) refuses, after giving back every cache and
 /// reclaiming from idle heaps. Null if nothing can be had.
 ///
 /// # Safety
 /// Owner thread of a real heap, holding its lock.
-unsafe fn acquire_chunk(heap: *mut Heap, cls: usize) -> *mut Chunk {
+unsafe fn acquire_chunk(heap: *mut Heap, cls: usize, need: usize) -> *mut Chunk {
     // SAFETY: lock held, per the contract.
     unsafe {
         let p = &(*heap).provider;
-        let c = p.acquire(cls);
+        let c = p.acquire(cls, need);
         if !c.is_null() {
             return c;
         }
         p.maintain(os::now_ms());
         for attempt in 0..2 {
-            let c = p.acquire_global(cls);
+            let c = p.acquire_global(cls, need);
             if !c.is_null() {
                 return c;
             }
             // Free chunks in dead threads' heaps come before new memory.
             if attempt == 0 && registry::reclaim_abandoned(heap) {
-                let c = p.acquire_global(cls);
+                let c = p.acquire_global(cls, need);
                 if !c.is_null() {
                     return c;
                 }
             }
-            let c = p.map_new(cls);
+            let c = p.map_new(cls, need);
             if !c.is_null() {
                 return c;
             }
@@ -568,7 +582,9 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
         unsafe {
             tick(heap);
             (*heap).lock.lock();
-            let c = acquire_chunk(heap, chunk_class_of(footprint));
+            // Charged up to the object's last page: the header does not
+            // push a power-of-two object's charge into the next class.
+            let c = acquire_chunk(heap, chunk_class_of(footprint), footprint);
             (*heap).lock.unlock();
             if c.is_null() {
                 return c.cast();
@@ -578,8 +594,8 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
             (*c).obj_offset = off;
             (*c).obj_size = size;
             (*heap).large_chunks.fetch_add(1, Ordering::Relaxed);
-            // Counted at the usable size, which in-place resizes keep.
-            bump(&(*heap).large_alloc_bytes, (*c).size - off);
+            // Counted at the usable size: up to the last charged page.
+            bump(&(*heap).large_alloc_bytes, Chunk::charged(c) - off);
             let p = c.cast::<u8>().add(off);
             if zero && !(*c).fresh {
                 p.write_bytes(0, size);
@@ -980,7 +996,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 if p != c.cast::<u8>().add((*c).obj_offset) {
                     return FreeResult::Invalid;
                 }
-                let size = (*c).size - (*c).obj_offset;
+                let size = Chunk::charged(c) - (*c).obj_offset;
                 let owner = Chunk::owner(c) as *mut Heap;
                 if is_empty(heap) {
                     GLOBALS
@@ -1300,7 +1316,10 @@ pub unsafe fn usable_size(p: *mut u8) -> Option<usize> {
             }
             Kind::Large | Kind::Huge => {
                 if p == c.cast::<u8>().add((*c).obj_offset) {
-                    Some((*c).size - (*c).obj_offset)
+                    // Large objects end at the last charged page (the
+                    // rest of the chunk is not committed); huge mappings
+                    // are charged whole.
+                    Some(Chunk::charged(c) - (*c).obj_offset)
                 } else {
                     None
                 }
@@ -1332,13 +1351,22 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 new_size <= avail && (new_size >= avail / 2 || avail <= 64)
             }
             Kind::Large => {
-                let fits = (*c).obj_offset + new_size <= (*c).size;
-                if fits && new_size > MAX_SMALL && (*c).obj_offset + new_size > (*c).size / 2 {
-                    (*c).obj_size = new_size;
-                    true
-                } else {
-                    false
+                let end = (*c).obj_offset + new_size;
+                let fits = end <= (*c).size;
+                if !(fits && new_size > MAX_SMALL && end > (*c).size / 2) {
+                    return false;
                 }
+                // Growth past the charged pages is charged first (the
+                // usable size, counted in `in_use`, grows with it).
+                let before = Chunk::charged(c);
+                if !Chunk::charge_to(c, end, &budget::GLOBAL) {
+                    return false;
+                }
+                GLOBALS
+                    .large_grown_bytes
+                    .fetch_add(Chunk::charged(c) - before, Ordering::Relaxed);
+                (*c).obj_size = new_size;
+                true
             }
             _ => false,
         }
@@ -1414,6 +1442,7 @@ pub(crate) unsafe fn add_stats_of(h: *mut Heap, s: &mut crate::Stats, in_use: &m
 pub(crate) fn add_global_stats(s: &mut crate::Stats, mut in_use: isize) {
     in_use += GLOBALS.huge_bytes.load(Ordering::Relaxed) as isize;
     in_use -= GLOBALS.heapless_freed_bytes.load(Ordering::Relaxed) as isize;
+    in_use += GLOBALS.large_grown_bytes.load(Ordering::Relaxed) as isize;
     s.remote_frees += GLOBALS.heapless_frees.load(Ordering::Relaxed);
     s.in_use = in_use.max(0) as usize;
     s.huge_chunks = GLOBALS.huge_count.load(Ordering::Relaxed);

@@ -5,8 +5,11 @@
 //! stack ([`ChunkStack`]) that any thread may push to. The seed lets only
 //! the owner pop; here the stack is only ever emptied whole (one swap), so
 //! a thread reclaiming from an idle heap may take it too, without ABA.
-//! Every byte mapped is reserved in the [`Budget`] first, by a CAS that
-//! never overshoots the cap.
+//! Every byte committed is reserved in the [`Budget`] first, by a CAS that
+//! never overshoots the cap. Chunks are charged by the page as they are
+//! used (`Chunk::charged`): a new mapping only for its first use, slab
+//! pages as the bump cursor reaches them, large objects up to their last
+//! page; nothing beyond a chunk's charge is committed.
 //!
 //! Whole free chunks flow: owner's local list (at most
 //! [`LOCAL_RESERVE_BYTES`], and only until the purge delay passes) →
@@ -153,7 +156,15 @@ impl GlobalCache {
     fn count(&self, c: *mut Chunk, add: bool) {
         // SAFETY: `c` is a chunk in (or entering/leaving) the cache, and the
         // lock is held, so its header is stable.
-        let (dec, size) = unsafe { ((*c).decommitted, (*c).size) };
+        // Committed chunks count what is charged, decommitted ones what
+        // is mapped.
+        let (dec, size) = unsafe {
+            if (*c).decommitted {
+                (true, (*c).size)
+            } else {
+                (false, Chunk::charged(c))
+            }
+        };
         let (n, b) = if dec {
             (&self.decommitted_count, &self.decommitted_bytes)
         } else {
@@ -376,6 +387,10 @@ impl Default for GlobalCache {
     }
 }
 
+/// A chunk taken from a cache for a smaller need keeps this much charged
+/// beyond it even near the cap (giving back less is not worth a syscall).
+const TRIM_SLACK: usize = 64 * 1024;
+
 /// Decommitted chunks kept mapped: [`GLOBAL_MAX_DECOMMITTED`] (a test
 /// hook may lower it).
 #[inline]
@@ -408,20 +423,36 @@ pub(crate) unsafe fn mark_cached(c: *mut Chunk) -> usize {
     }
 }
 
-/// Decommits a cached chunk's data pages (all but the header page).
-/// Returns the bytes released from the budget.
+/// Decommits a cached chunk's charged data pages (all but the header
+/// page; pages beyond `charged` are not committed). Returns the bytes
+/// released from the budget.
 ///
 /// # Safety
 /// `c` is a committed cached chunk the caller has exclusive access to.
 unsafe fn decommit_chunk(c: *mut Chunk, budget: &Budget) -> usize {
-    let page = os::page_size();
+    // SAFETY: exclusive access per the contract.
+    unsafe {
+        (*c).decommitted = true;
+        decommit_tail(c, os::page_size(), budget)
+    }
+}
+
+/// Decommits the charged pages of `c` from `keep` (a page multiple, at
+/// least one page) on and releases their charge. Returns the bytes released.
+///
+/// # Safety
+/// The caller holds `c` exclusively (no live object at or beyond `keep`).
+unsafe fn decommit_tail(c: *mut Chunk, keep: usize, budget: &Budget) -> usize {
     // SAFETY: exclusive access per the contract; the range is inside it.
     unsafe {
-        let size = (*c).size;
-        os::decommit(c.cast::<u8>().add(page), size - page);
-        (*c).decommitted = true;
-        budget.release(size - page);
-        size - page
+        let have = Chunk::charged(c);
+        if have <= keep {
+            return 0;
+        }
+        os::decommit(c.cast::<u8>().add(keep), have - keep);
+        (*c).charged = keep as u32;
+        budget.release(have - keep);
+        have - keep
     }
 }
 
@@ -433,11 +464,7 @@ unsafe fn unmap_chunk<A: Allocator>(c: *mut Chunk, budget: &Budget, pages: &A) {
     // SAFETY: per the contract.
     unsafe {
         let size = (*c).size;
-        let committed = if (*c).decommitted {
-            os::page_size()
-        } else {
-            size
-        };
+        let committed = Chunk::charged(c);
         chunk_map::unregister(c as usize, size);
         let layout = Layout::from_size_align_unchecked(size, CHUNK_SIZE);
         pages.deallocate(NonNull::new_unchecked(c.cast()), layout);
@@ -516,6 +543,12 @@ impl<A: Allocator + 'static> Provider<A> {
         }
     }
 
+    /// The budget this provider charges.
+    #[inline]
+    pub fn budget(&self) -> &'static Budget {
+        self.budget
+    }
+
     /// Committed bytes and chunks in the local lists and shared stacks,
     /// and the lifetime counts of chunks mapped and reused. Any thread may
     /// call this.
@@ -548,11 +581,14 @@ impl<A: Allocator + 'static> Provider<A> {
     }
 
     /// A cached chunk of class `cls` with a fresh header (`Kind::Cached`)
-    /// from this provider's local list or shared stack; null if none.
+    /// from this provider's local list or shared stack, with at least its
+    /// first `need` bytes charged; null if none (or the budget refuses the
+    /// charge: the chunk then goes to the global cache, where a purge can
+    /// decommit it).
     ///
     /// # Safety
     /// The caller holds the heap lock.
-    pub unsafe fn acquire(&self, cls: usize) -> *mut Chunk {
+    pub unsafe fn acquire(&self, cls: usize, need: usize) -> *mut Chunk {
         // SAFETY: heap lock held.
         let local = unsafe { self.local() };
         if local[cls].is_null() && !self.shared[cls].is_empty() {
@@ -566,7 +602,7 @@ impl<A: Allocator + 'static> Provider<A> {
                     let next = (*c).link.load(Ordering::Relaxed);
                     (*c).link.store(local[cls], Ordering::Relaxed);
                     local[cls] = c;
-                    bytes += (*c).size;
+                    bytes += Chunk::charged(c);
                     c = next;
                 }
                 n += 1;
@@ -583,48 +619,70 @@ impl<A: Allocator + 'static> Provider<A> {
         // SAFETY: a cached chunk on our list.
         unsafe {
             local[cls] = (*c).link.load(Ordering::Relaxed);
-            bump(&self.local_bytes, (*c).size.wrapping_neg());
+            bump(&self.local_bytes, Chunk::charged(c).wrapping_neg());
         }
         bump(&self.local_count, usize::MAX);
-        bump(&self.reused_chunks, 1);
         // SAFETY: exclusively ours now.
-        unsafe { reset_header(c, false) }
+        unsafe { self.fit(reset_header(c, false), need) }
     }
 
-    /// A chunk of class `cls` from the process-wide cache (recommitted if
-    /// it was decommitted, which the budget may refuse); null if none.
-    pub fn acquire_global(&self, cls: usize) -> *mut Chunk {
+    /// Charges a chunk just taken from a cache for its first `need` bytes;
+    /// near the cap, also gives back charged pages well beyond them (a
+    /// chunk cached by a larger object). Returns the chunk, or null when
+    /// the budget refuses (the chunk is then put in the global cache).
+    ///
+    /// # Safety
+    /// The caller holds `c` exclusively.
+    unsafe fn fit(&self, c: *mut Chunk, need: usize) -> *mut Chunk {
+        // SAFETY: per the contract.
+        unsafe {
+            if Chunk::charge_to(c, need, self.budget) {
+                bump(&self.reused_chunks, 1);
+                let keep = need.max(1).next_multiple_of(os::page_size());
+                if Chunk::charged(c) > keep + TRIM_SLACK && self.budget.under_pressure() {
+                    decommit_tail(c, keep, self.budget);
+                }
+                return c;
+            }
+            mark_cached(c);
+            self.global.push_list(c, os::now_ms());
+            ptr::null_mut()
+        }
+    }
+
+    /// A chunk of class `cls` from the process-wide cache with at least its
+    /// first `need` bytes charged (a decommitted one has only its header
+    /// page charged, so this is where the budget may refuse); null if none
+    /// or refused.
+    pub fn acquire_global(&self, cls: usize, need: usize) -> *mut Chunk {
         let c = self.global.pop(cls);
         if c.is_null() {
             return c;
         }
-        bump(&self.reused_chunks, 1);
         // SAFETY: popped under the lock; exclusively ours.
         unsafe {
             if !(*c).decommitted {
-                return reset_header(c, false);
-            }
-            let page = os::page_size();
-            if !self.budget.try_reserve((*c).size - page) {
-                // Put it back decommitted.
-                (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
-                self.global.push_list(c, (*c).cached_at);
-                return ptr::null_mut();
+                return self.fit(reset_header(c, false), need);
             }
             // The data pages are zero; make the rest of the header page
             // zero too so the chunk is fresh.
+            let page = os::page_size();
             c.cast::<u8>()
                 .add(HEADER_SIZE)
                 .write_bytes(0, page - HEADER_SIZE);
-            reset_header(c, true)
+            self.fit(reset_header(c, true), need)
         }
     }
 
-    /// A new chunk of class `cls` from the OS, charged to the budget; null
-    /// if the budget or the OS refuses.
-    pub fn map_new(&self, cls: usize) -> *mut Chunk {
+    /// A new chunk of class `cls` from the OS with its first `need` bytes
+    /// (at least the header page) charged to the budget; null if the budget
+    /// or the OS refuses. The rest of the mapping is untouched, so not
+    /// committed, and is charged as it is used.
+    pub fn map_new(&self, cls: usize, need: usize) -> *mut Chunk {
         let size = chunk_class_size(cls);
-        if !self.budget.try_reserve(size) {
+        let charge = need.max(1).next_multiple_of(os::page_size());
+        check!(charge <= size, "charges stay inside the chunk");
+        if !self.budget.try_reserve(charge) {
             return ptr::null_mut();
         }
         let layout = Layout::from_size_align(size, CHUNK_SIZE).ok();
@@ -633,6 +691,9 @@ impl<A: Allocator + 'static> Provider<A> {
             // SAFETY: a fresh, exclusively owned mapping of `size` bytes,
             // 64 KiB aligned.
             let c = unsafe { Chunk::init_cached(base, size, true) };
+            // SAFETY: as above; `charge` fits in 32 bits (chunk classes
+            // are at most 8 MiB).
+            unsafe { (*c).charged = charge as u32 };
             if chunk_map::register(base as usize, size, c as usize) {
                 bump(&self.mapped_chunks, 1);
                 return c;
@@ -642,7 +703,7 @@ impl<A: Allocator + 'static> Provider<A> {
                 self.pages.deallocate(mem.cast(), layout.unwrap_unchecked());
             }
         }
-        self.budget.release(size);
+        self.budget.release(charge);
         ptr::null_mut()
     }
 
@@ -667,7 +728,13 @@ impl<A: Allocator + 'static> Provider<A> {
     /// pages that nothing else references.
     pub unsafe fn release(&self, c: *mut Chunk) {
         // SAFETY: per the contract, `c` is ours and unreferenced.
-        let size = unsafe { mark_cached(c) };
+        let (cls, size) = unsafe {
+            mark_cached(c);
+            (
+                crate::size_class::chunk_class_of((*c).size),
+                Chunk::charged(c),
+            )
+        };
         let pressure = self.budget.under_pressure();
         if pressure || self.local_bytes.load(Ordering::Relaxed) + size > LOCAL_RESERVE_BYTES {
             // Over the reserve, or near the budget cap, where a thread that
@@ -680,7 +747,6 @@ impl<A: Allocator + 'static> Provider<A> {
                 return;
             }
         }
-        let cls = crate::size_class::chunk_class_of(size);
         // SAFETY: heap lock held; `c` exclusively ours.
         unsafe {
             let local = self.local();
@@ -699,7 +765,13 @@ impl<A: Allocator + 'static> Provider<A> {
     /// nothing else.
     pub unsafe fn push_shared(&self, c: *mut Chunk) {
         // SAFETY: per the contract, `c` is ours to hand over.
-        let size = unsafe { mark_cached(c) };
+        let (cls, size) = unsafe {
+            mark_cached(c);
+            (
+                crate::size_class::chunk_class_of((*c).size),
+                Chunk::charged(c),
+            )
+        };
         if self.budget.under_pressure() {
             // Near the cap the owner may be idle; put it where a failing
             // thread can purge it at once.
@@ -710,7 +782,7 @@ impl<A: Allocator + 'static> Provider<A> {
             self.shared_count.fetch_add(1, Ordering::Relaxed);
             self.shared_bytes.fetch_add(size, Ordering::Relaxed);
             // SAFETY: `c` is on no other list.
-            unsafe { self.shared[crate::size_class::chunk_class_of(size)].push(c) };
+            unsafe { self.shared[cls].push(c) };
         }
     }
 
@@ -763,7 +835,7 @@ impl<A: Allocator + 'static> Provider<A> {
                 n += 1;
                 // SAFETY: the taken list is ours.
                 unsafe {
-                    bytes += (*c).size;
+                    bytes += Chunk::charged(c);
                     c = (*c).link.load(Ordering::Relaxed);
                 }
             }
@@ -833,8 +905,10 @@ impl<A: Allocator + 'static> Provider<A> {
 unsafe fn reset_header(c: *mut Chunk, fresh: bool) -> *mut Chunk {
     // SAFETY: per the contract.
     unsafe {
-        let size = (*c).size;
-        Chunk::init_cached(c.cast(), size, fresh)
+        let (size, charged) = ((*c).size, (*c).charged);
+        let c = Chunk::init_cached(c.cast(), size, fresh);
+        (*c).charged = charged;
+        c
     }
 }
 
@@ -870,15 +944,15 @@ mod tests {
     fn get<A: Allocator>(p: &Provider<A>, cls: usize) -> *mut Chunk {
         for attempt in 0..2 {
             // SAFETY: the test is the provider's only user (its "lock").
-            let c = unsafe { p.acquire(cls) };
+            let c = unsafe { p.acquire(cls, chunk_class_size(cls)) };
             if !c.is_null() {
                 return c;
             }
-            let c = p.acquire_global(cls);
+            let c = p.acquire_global(cls, chunk_class_size(cls));
             if !c.is_null() {
                 return c;
             }
-            let c = p.map_new(cls);
+            let c = p.map_new(cls, chunk_class_size(cls));
             if !c.is_null() {
                 return c;
             }
@@ -955,6 +1029,183 @@ mod tests {
         global.lock.unlock();
         assert_eq!(live.load(Ordering::Relaxed), 0);
         assert_eq!(budget.committed(), 0);
+    }
+
+    /// Resident pages of `c` at or beyond its charged bytes (must be none:
+    /// the charge is an upper bound of what is committed).
+    fn resident_beyond_charge(c: *mut Chunk) -> usize {
+        let page = os::page_size();
+        // SAFETY: a live chunk header.
+        let (size, charged) = unsafe { ((*c).size, Chunk::charged(c)) };
+        let mut v = vec![0u8; size / page];
+        // SAFETY: the chunk's mapping is `size` bytes; `v` has a byte per page.
+        let r = unsafe { libc::mincore(c.cast(), size, v.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        v[charged / page..].iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    fn slab_pages_are_charged_as_carved_and_released_to_zero() {
+        let page = os::page_size();
+        let live = leak(AtomicUsize::new(0));
+        let budget = leak(Budget::new());
+        let global = leak(GlobalCache::new());
+        let p = Provider::new(Counting(live), budget, global);
+        let cls = crate::size_class::chunk_class_of(64 * 1024);
+        // A new chunk is charged only what its first block needs.
+        let c = p.map_new(cls, HEADER_SIZE + 48);
+        assert!(!c.is_null());
+        assert_eq!(budget.committed(), page);
+        assert_eq!(live.load(Ordering::Relaxed), 64 * 1024, "mapped whole");
+        // SAFETY: the test owns the chunk (its provider's only user).
+        unsafe {
+            Chunk::init_slab(c, 2, 48, 1 << 6);
+            let mut blocks = 0;
+            while Chunk::refill(c, budget) {
+                // Take the whole carve, touching every block.
+                while !(*c).free.is_null() {
+                    let b = (*c).free;
+                    (*c).free = (*b).next;
+                    b.cast::<u8>().write_bytes(0xa5, 48);
+                    blocks += 1;
+                }
+                let reach = (*c).bump as usize - c as usize;
+                assert_eq!(Chunk::charged(c), reach.next_multiple_of(page));
+                assert_eq!(budget.committed(), Chunk::charged(c));
+                assert_eq!(resident_beyond_charge(c), 0);
+            }
+            assert_eq!(blocks, (64 * 1024 - HEADER_SIZE) / 48);
+            assert_eq!(budget.committed(), 64 * 1024);
+            // Retired: cached at what it is charged; purged: the header
+            // page stays; unmapped: nothing.
+            p.release(c);
+            assert_eq!(p.counters().0, 64 * 1024);
+            p.purge_all();
+            assert_eq!(global.stats().committed_bytes, 0);
+            assert_eq!(budget.committed(), page);
+            assert_eq!(resident_beyond_charge(c), 0);
+            // A decommitted chunk comes back charged only for the need.
+            let c2 = p.acquire_global(cls, HEADER_SIZE + 4000);
+            assert_eq!(c2, c);
+            assert_eq!(Chunk::charged(c2), 2 * page);
+            assert_eq!(budget.committed(), 2 * page);
+            assert!((*c2).fresh);
+            p.release(c2);
+            p.purge_all();
+            assert_eq!(budget.committed(), page);
+            unmap_all(global, budget, &p.pages);
+        }
+        assert_eq!(live.load(Ordering::Relaxed), 0);
+        assert_eq!(budget.committed(), 0);
+    }
+
+    #[test]
+    fn carving_under_the_cap_uses_charged_pages_then_stops() {
+        let page = os::page_size();
+        let live = leak(AtomicUsize::new(0));
+        let budget = leak(Budget::new());
+        let global = leak(GlobalCache::new());
+        budget.set_limit(Some(3 * page));
+        let p = Provider::new(Counting(live), budget, global);
+        let cls = crate::size_class::chunk_class_of(64 * 1024);
+        let c = p.map_new(cls, HEADER_SIZE + 1024);
+        assert!(!c.is_null());
+        // SAFETY: the test owns the chunk.
+        unsafe {
+            Chunk::init_slab(c, 0, 1024, 1 << 6);
+            let mut blocks = 0;
+            while Chunk::refill(c, budget) {
+                while !(*c).free.is_null() {
+                    let b = (*c).free;
+                    (*c).free = (*b).next;
+                    b.cast::<u8>().write_bytes(1, 1024);
+                    blocks += 1;
+                }
+                assert!(budget.committed() <= 3 * page);
+            }
+            // Every block that fits wholly in the three pages charged was
+            // handed out; the refusal left the rest of the bump area.
+            assert_eq!(blocks, (3 * page - HEADER_SIZE) / 1024);
+            assert_eq!(Chunk::charged(c), 3 * page);
+            assert!((*c).bump < (*c).end, "refused, not exhausted");
+            assert_eq!(resident_beyond_charge(c), 0);
+            // Room again: carving resumes.
+            budget.set_limit(Some(4 * page));
+            assert!(Chunk::refill(c, budget));
+            assert_eq!(budget.committed(), 4 * page);
+            budget.set_limit(None);
+            p.release(c);
+            p.purge_all();
+            unmap_all(global, budget, &p.pages);
+        }
+        assert_eq!(budget.committed(), 0);
+    }
+
+    #[test]
+    fn reused_chunks_keep_an_upper_bound_and_trim_near_the_cap() {
+        let page = os::page_size();
+        let live = leak(AtomicUsize::new(0));
+        let budget = leak(Budget::new());
+        let global = leak(GlobalCache::new());
+        let p = Provider::new(Counting(live), budget, global);
+        // A large object of 1 MiB: charged up to its last page, not the
+        // 1.125 MiB chunk class its header pushes it into.
+        let need = HEADER_SIZE + 1024 * 1024;
+        let cls = crate::size_class::chunk_class_of(need);
+        let c = p.map_new(cls, need);
+        assert_eq!(chunk_class_size(cls), 1024 * 1024 + 128 * 1024);
+        assert_eq!(budget.committed(), need.next_multiple_of(page));
+        // SAFETY: the test owns the chunk.
+        unsafe {
+            c.cast::<u8>().add(HEADER_SIZE).write_bytes(7, 1024 * 1024);
+            assert_eq!(resident_beyond_charge(c), 0);
+            // Cached and reused for a smaller object without pressure: the
+            // committed tail stays charged (still an upper bound).
+            p.release(c);
+            let c2 = p.acquire(cls, HEADER_SIZE + 100 * 1024);
+            assert_eq!(c2, c);
+            assert_eq!(Chunk::charged(c2), need.next_multiple_of(page));
+            assert_eq!(resident_beyond_charge(c2), 0);
+            // Near the cap, the tail beyond the need is given back.
+            p.release(c2);
+            budget.set_limit(Some(budget.committed()));
+            let c3 = p.acquire(cls, HEADER_SIZE + 100 * 1024);
+            assert_eq!(c3, c);
+            let keep = (HEADER_SIZE + 100 * 1024).next_multiple_of(page);
+            assert_eq!(Chunk::charged(c3), keep);
+            assert_eq!(budget.committed(), keep);
+            assert_eq!(resident_beyond_charge(c3), 0);
+            // Growing back is charged again, within the cap.
+            assert!(Chunk::charge_to(c3, need, budget));
+            assert!(!Chunk::charge_to(c3, need + 64 * 1024, budget), "cap");
+            budget.set_limit(None);
+            p.release(c3);
+            p.purge_all();
+            unmap_all(global, budget, &p.pages);
+        }
+        assert_eq!(budget.committed(), 0);
+        assert_eq!(live.load(Ordering::Relaxed), 0);
+    }
+
+    /// Unmaps every chunk in a test's global cache.
+    ///
+    /// # Safety
+    /// The cache's chunks are unreferenced and were mapped by `pages`.
+    unsafe fn unmap_all<A: Allocator>(global: &GlobalCache, budget: &Budget, pages: &A) {
+        global.lock.lock();
+        for head in global.lists.iter() {
+            let mut c = head.swap(ptr::null_mut(), Ordering::Relaxed);
+            while !c.is_null() {
+                // SAFETY: per the contract.
+                unsafe {
+                    let next = (*c).link.load(Ordering::Relaxed);
+                    global.count(c, false);
+                    unmap_chunk(c, budget, pages);
+                    c = next;
+                }
+            }
+        }
+        global.lock.unlock();
     }
 
     #[test]

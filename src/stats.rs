@@ -32,7 +32,9 @@ pub struct Stats {
     pub metadata: usize,
     /// Committed bytes in free chunks held in caches.
     pub cached: usize,
-    /// Bytes mapped (committed plus decommitted cached chunks).
+    /// Bytes mapped: committed plus the decommitted pages of cached chunks
+    /// (the never-charged tails of chunks, mapped but untouched, are not
+    /// counted).
     pub mapped: usize,
     /// Live slab chunks.
     pub slab_chunks: usize,
@@ -66,6 +68,9 @@ pub(crate) struct Globals {
     pub heapless_frees: AtomicUsize,
     /// Bytes freed by threads that never allocated.
     pub heapless_freed_bytes: AtomicUsize,
+    /// Usable bytes large objects gained by in-place growth (their frees
+    /// count the grown size).
+    pub large_grown_bytes: AtomicUsize,
 }
 
 pub(crate) static GLOBALS: Globals = Globals {
@@ -73,6 +78,7 @@ pub(crate) static GLOBALS: Globals = Globals {
     huge_count: AtomicUsize::new(0),
     heapless_frees: AtomicUsize::new(0),
     heapless_freed_bytes: AtomicUsize::new(0),
+    large_grown_bytes: AtomicUsize::new(0),
 };
 
 /// Adds `v` to an owner-written counter: a relaxed load and store, not a
