@@ -44,9 +44,12 @@ pub const GLOBAL_MAX_DECOMMITTED: usize = 512;
 /// Huge mappings the global cache keeps for reuse (their pages stay
 /// resident until the purge delay passes, so a program that frees and
 /// re-allocates multi-MiB blocks does not fault every page in again).
-pub const HUGE_SLOTS: usize = 4;
+pub const HUGE_SLOTS: usize = 16;
 /// At most this many bytes of huge mappings are kept.
 pub const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
+/// The cache may always hold this much, however little is live in huge
+/// objects; above it, at most as much as is live (see `put_huge`).
+pub const HUGE_CACHE_MIN_BYTES: usize = 64 << 20;
 
 /// The process-wide cache of free chunks, per chunk class, plus a few
 /// recently freed huge mappings.
@@ -209,10 +212,14 @@ impl GlobalCache {
     ///
     /// # Safety
     /// `c` is a huge mapping with no live object, referenced by nothing else.
-    pub unsafe fn put_huge(&self, c: *mut Chunk, now: u64) -> bool {
+    pub unsafe fn put_huge(&self, c: *mut Chunk, now: u64, live_huge: usize) -> bool {
         // SAFETY: per the contract.
         let size = unsafe { (*c).size };
-        if self.huge_bytes.load(Ordering::Relaxed) + size > HUGE_CACHE_MAX_BYTES
+        // What a program is about to reuse is bounded by what it holds: a
+        // program cycling 300 MiB of buffers gets the whole cache, one that
+        // frees its last few buffers keeps at most the floor.
+        let cap = live_huge.clamp(HUGE_CACHE_MIN_BYTES, HUGE_CACHE_MAX_BYTES);
+        if self.huge_bytes.load(Ordering::Relaxed) + size > cap
             || crate::budget::GLOBAL.under_pressure()
         {
             // Full, or near the budget cap, where a mapping held here is
@@ -401,11 +408,12 @@ fn max_decommitted() -> usize {
     GLOBAL_MAX_DECOMMITTED
 }
 
-/// How long a freed huge mapping is kept: a tenth of the purge delay
-/// (10 ms by default). Huge mappings are many MiB each, so keeping them as
-/// long as chunks would cost more resident memory than the faults it saves.
+/// How long a freed huge mapping is kept: the purge delay, as for chunks.
+/// A tenth of it (as before) let the mapping go between two replacements
+/// of a program that also cycles smaller buffers; the byte cap of
+/// `put_huge` bounds what the longer wait can hold.
 fn huge_delay(delay: u64) -> u64 {
-    delay / 10
+    delay
 }
 
 /// Marks a chunk free (kind `Cached`, no owner, not a slab, unlinked) and

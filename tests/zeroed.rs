@@ -172,3 +172,35 @@ fn zeroed_aligned_after_reuse() {
         assert!(reused > 0, "align {align}: no reuse in {total} sizes");
     }
 }
+
+/// A zeroed huge request reuses a cached dirty mapping of another size:
+/// grown (the added pages are fresh), used as it is with a resident dirty
+/// tail, or shrunk. Every byte of every object must read zero, and the
+/// sizes are chosen so that each case is met.
+#[test]
+fn zeroed_huge_reuses_dirty_mappings_of_other_sizes() {
+    // (dirty size freed first, zeroed size requested next)
+    let cases = [
+        (12 * MIB, 20 * MIB), // grown
+        (20 * MIB, 10 * MIB), // used as it is: dirty tail beyond the object
+        (40 * MIB, 9 * MIB),  // shrunk
+        (16 * MIB, 16 * MIB), // same size
+    ];
+    for (dirty, want) in cases {
+        let d = Layout::from_size_align(dirty, 16).unwrap();
+        let w = Layout::from_size_align(want, 16).unwrap();
+        // SAFETY: non-zero sizes; checked; written within the object.
+        unsafe {
+            let p = alloc(d);
+            assert!(!p.is_null());
+            p.write_bytes(0x5A, dirty);
+            dealloc(p, d);
+            let q = alloc_zeroed(w);
+            assert!(!q.is_null());
+            assert_zero_raw(q, want, &format!("huge {dirty} -> zeroed {want}"));
+            // Dirty it too, so the next case starts from a dirty cache.
+            q.write_bytes(0x5A, want);
+            dealloc(q, w);
+        }
+    }
+}
