@@ -225,7 +225,13 @@ fn cap_holds_with_8_threads_and_recovers() {
         assert!(v.try_reserve_exact(room + MIB).is_err());
         assert!(v.try_reserve(CAP).is_err());
         // SAFETY: non-zero size; the result is only compared with null.
-        let p = unsafe { alloc(Layout::from_size_align(room + 8 * MIB, 16).unwrap()) };
+        // `black_box`: an allocation whose result is only compared with
+        // null may be elided by the compiler and the test folded to "not
+        // null" (it happened once the allocator's fast path inlined
+        // differently); the pointer must escape.
+        let p = std::hint::black_box(unsafe {
+            alloc(Layout::from_size_align(room + 8 * MIB, 16).unwrap())
+        });
         assert!(p.is_null(), "allocation beyond the cap succeeded");
         checked.wait();
         halved.wait();
@@ -280,8 +286,10 @@ fn cap_lowered_and_raised_at_run_time() {
         set_budget(Some(committed - 8 * MIB));
         assert_eq!(budget(), Some(committed - 8 * MIB));
         let failed = stats().failed_allocs;
-        // SAFETY: non-zero size; only compared with null.
-        let p = unsafe { alloc(Layout::from_size_align(2 * MIB, 16).unwrap()) };
+        // SAFETY: non-zero size; only compared with null (escaping through
+        // `black_box`, so the call is not elided).
+        let p =
+            std::hint::black_box(unsafe { alloc(Layout::from_size_align(2 * MIB, 16).unwrap()) });
         assert!(p.is_null(), "allocation succeeded above a lowered cap");
         assert!(stats().failed_allocs > failed);
         let mut v: Vec<u8> = Vec::new();
