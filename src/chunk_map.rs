@@ -1,138 +1,187 @@
 //! The chunk map: address → chunk header, in O(1), lock-free.
 //!
-//! A two-level radix over 64 KiB granules of the 48-bit address space. The
-//! top level is a static array of 65,536 leaf pointers (512 KiB of BSS, only
-//! touched pages become resident); each leaf covers 4 GiB with 65,536
-//! entries and is mapped on first use (its pages also fault in lazily).
-//! Every granule of a live chunk maps to the chunk's header; a granule
-//! chunkmalloc never handed out maps to 0. Lookup never faults: an absent
-//! leaf reads as null and addresses above 2^48 are rejected.
+//! A flat array with one word per 64 KiB granule of the 47-bit user
+//! address space (2^31 entries, 16 GiB of address space reserved once, at
+//! the first heap's creation). The reservation is read-only and charged to
+//! no commit limit; it becomes writable in blocks of 64 KiB of entries
+//! (covering 512 MiB of addresses each) when a chunk is first registered
+//! there, and each such block is charged to the budget. Untouched entries
+//! read as zero (the kernel's zero page), so a lookup of any address below
+//! 2^47 is one load and never faults; addresses above, or lookups before
+//! the reservation, see an entry count of zero and return 0.
 //!
-//! Leaves are never freed, so a racing lookup can always read them. Each
-//! entry is written only by the thread that owns the chunk being
-//! registered or unregistered; lookups use `Acquire` to see the header the
-//! registering thread initialised before its `Release` store.
+//! One load instead of a two-level walk is what the free fast path gains
+//! (`docs/PERF.md`): the heap keeps the base and entry count beside its
+//! bins ([`lookup_in`]), so `free` reads no global to find a chunk.
+//!
+//! Every granule of a live chunk maps to the chunk's header; a granule
+//! chunkmalloc never handed out maps to 0. Blocks are never made read-only
+//! again and the reservation is never unmapped, so a racing lookup can
+//! always read. Each entry is written only by the thread that owns the
+//! chunk being registered or unregistered; lookups use `Acquire` to see the
+//! header the registering thread initialised before its `Release` store.
 
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::os;
 use crate::size_class::CHUNK_SHIFT;
+use crate::sync::SpinLock;
 
-const LEAF_BITS: u32 = 16;
-const TOP_BITS: u32 = 48 - CHUNK_SHIFT - LEAF_BITS;
-const LEAF_LEN: usize = 1 << LEAF_BITS;
-const TOP_LEN: usize = 1 << TOP_BITS;
-/// Bytes of one leaf.
-pub const LEAF_BYTES: usize = LEAF_LEN * core::mem::size_of::<usize>();
+/// Granules (entries) of the 47-bit user address space.
+pub const ENTRIES: usize = 1 << (47 - CHUNK_SHIFT);
+/// Bytes of entries made writable (and charged) at a time.
+pub const BLOCK_BYTES: usize = 64 << 10;
+const BLOCK_ENTRIES: usize = BLOCK_BYTES / core::mem::size_of::<usize>();
+const BLOCKS: usize = ENTRIES / BLOCK_ENTRIES;
 
-type Leaf = [AtomicUsize; LEAF_LEN];
+/// The reservation (null until made).
+static MAP: AtomicPtr<AtomicUsize> = AtomicPtr::new(core::ptr::null_mut());
+/// Entries readable through `MAP`: 0 until the reservation is made, then
+/// [`ENTRIES`]. Stored after `MAP` with `Release`.
+static LEN: AtomicUsize = AtomicUsize::new(0);
+/// One bit per block: writable (and charged).
+static WRITABLE: [AtomicU64; BLOCKS / 64] = [const { AtomicU64::new(0) }; BLOCKS / 64];
+/// Serialises making blocks writable (rare: once per 512 MiB of address
+/// space in use) and the reservation itself.
+static LOCK: SpinLock = SpinLock::new();
+/// Number of blocks made writable (for statistics).
+static BLOCKS_WRITABLE: AtomicUsize = AtomicUsize::new(0);
 
-#[allow(clippy::declare_interior_mutable_const)]
-const NULL_LEAF: AtomicPtr<Leaf> = AtomicPtr::new(core::ptr::null_mut());
-static TOP: [AtomicPtr<Leaf>; TOP_LEN] = [NULL_LEAF; TOP_LEN];
-/// Number of leaves mapped (for statistics).
-static LEAVES: AtomicUsize = AtomicUsize::new(0);
-
-#[inline(always)]
-fn split(addr: usize) -> Option<(usize, usize)> {
-    let g = addr >> CHUNK_SHIFT;
-    let top = g >> LEAF_BITS;
-    if top >= TOP_LEN {
-        return None;
+/// Makes the reservation if it is not made yet. False if the kernel
+/// refuses the address space.
+#[cold]
+pub fn reserve() -> bool {
+    if LEN.load(Ordering::Acquire) != 0 {
+        return true;
     }
-    Some((top, g & (LEAF_LEN - 1)))
+    LOCK.lock();
+    if MAP.load(Ordering::Relaxed).is_null() {
+        let p = os::reserve_readonly(ENTRIES * core::mem::size_of::<usize>());
+        if !p.is_null() {
+            MAP.store(p.cast(), Ordering::Relaxed);
+            LEN.store(ENTRIES, Ordering::Release);
+        }
+    }
+    LOCK.unlock();
+    LEN.load(Ordering::Acquire) != 0
+}
+
+/// The base and entry count for [`lookup_in`] (null and 0 before
+/// [`reserve`]).
+pub fn view() -> (*const AtomicUsize, usize) {
+    let len = LEN.load(Ordering::Acquire);
+    (MAP.load(Ordering::Relaxed), len)
+}
+
+/// The header registered for the granule containing `addr`, or 0, in a
+/// map `view()` returned.
+///
+/// # Safety
+/// `(map, len)` is a value [`view`] returned (null and 0 find nothing).
+#[inline(always)]
+pub unsafe fn lookup_in(map: *const AtomicUsize, len: usize, addr: usize) -> usize {
+    let g = addr >> CHUNK_SHIFT;
+    if g >= len {
+        return 0;
+    }
+    // SAFETY: `g < len`, so the entry lies in the reservation, which is
+    // never unmapped and always readable.
+    unsafe { (*map.add(g)).load(Ordering::Acquire) }
 }
 
 /// The header registered for the granule containing `addr`, or 0.
 #[inline(always)]
 pub fn lookup(addr: usize) -> usize {
-    let Some((top, idx)) = split(addr) else {
-        return 0;
-    };
-    let leaf = TOP[top].load(Ordering::Acquire);
-    if leaf.is_null() {
-        return 0;
-    }
-    // SAFETY: leaves are never unmapped once published, and `idx` is in
-    // bounds by construction of `split`.
-    unsafe { (*leaf)[idx].load(Ordering::Acquire) }
+    let len = LEN.load(Ordering::Acquire);
+    // SAFETY: `MAP` and `LEN` are what `view` returns.
+    unsafe { lookup_in(MAP.load(Ordering::Relaxed), len, addr) }
 }
 
-/// The leaf for `top`, mapping it if absent. Null if the budget or the
-/// kernel refuses.
+/// Makes the block holding entry `g` writable (charging it). False if the
+/// budget or the kernel refuses.
 #[cold]
-fn leaf_for(top: usize) -> *mut Leaf {
-    let cur = TOP[top].load(Ordering::Acquire);
-    if !cur.is_null() {
-        return cur;
+fn make_writable(g: usize) -> bool {
+    let b = g / BLOCK_ENTRIES;
+    let (word, bit) = (&WRITABLE[b / 64], 1u64 << (b % 64));
+    if word.load(Ordering::Acquire) & bit != 0 {
+        return true;
     }
-    if !budget::GLOBAL.try_reserve(LEAF_BYTES) {
-        return core::ptr::null_mut();
-    }
-    let fresh = os::map_aligned(LEAF_BYTES, os::page_size(), 0).cast::<Leaf>();
-    if fresh.is_null() {
-        budget::GLOBAL.release(LEAF_BYTES);
-        return fresh;
-    }
-    // Zeroed memory is a valid array of AtomicUsize(0).
-    match TOP[top].compare_exchange(
-        core::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => {
-            LEAVES.fetch_add(1, Ordering::Relaxed);
-            fresh
+    LOCK.lock();
+    let ok = word.load(Ordering::Relaxed) & bit != 0 || {
+        let start = MAP.load(Ordering::Relaxed).wrapping_add(b * BLOCK_ENTRIES);
+        let made = budget::GLOBAL.try_reserve(BLOCK_BYTES)
+            && (os::protect_rw(start.cast(), BLOCK_BYTES) || {
+                budget::GLOBAL.release(BLOCK_BYTES);
+                false
+            });
+        if made {
+            BLOCKS_WRITABLE.fetch_add(1, Ordering::Relaxed);
+            word.fetch_or(bit, Ordering::Release);
         }
-        Err(winner) => {
-            os::unmap(fresh.cast(), LEAF_BYTES);
-            budget::GLOBAL.release(LEAF_BYTES);
-            winner
-        }
-    }
+        made
+    };
+    LOCK.unlock();
+    ok
 }
 
 /// Maps every granule overlapping `[start, start+len)` to `header`.
-/// Returns false (with nothing registered) if a leaf could not be mapped.
+/// Returns false (with nothing registered) if the range is above the
+/// map, or a block of entries could not be made writable.
 pub fn register(start: usize, len: usize, header: usize) -> bool {
-    // Map all needed leaves first so failure leaves no partial entries.
+    if !reserve() {
+        return false;
+    }
     let first = start >> CHUNK_SHIFT;
     let last = (start + len - 1) >> CHUNK_SHIFT;
+    if last >= ENTRIES {
+        return false;
+    }
+    // Make all needed blocks writable first so failure leaves no partial
+    // entries.
     let mut g = first;
     while g <= last {
-        let Some((top, _)) = split(g << CHUNK_SHIFT) else {
-            return false;
-        };
-        if leaf_for(top).is_null() {
+        if !make_writable(g) {
             return false;
         }
-        g = ((g >> LEAF_BITS) + 1) << LEAF_BITS;
+        g = (g / BLOCK_ENTRIES + 1) * BLOCK_ENTRIES;
     }
     set_range(first, last, header);
     true
 }
 
-/// Clears every granule overlapping `[start, start+len)`.
+/// Clears every granule overlapping `[start, start+len)` (registered
+/// before).
 pub fn unregister(start: usize, len: usize) {
     set_range(start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT, 0);
 }
 
 fn set_range(first: usize, last: usize, value: usize) {
+    let map = MAP.load(Ordering::Relaxed);
+    check!(
+        !map.is_null() && last < ENTRIES,
+        "a registered range is in the map"
+    );
     for g in first..=last {
-        let top = g >> LEAF_BITS;
-        let leaf = TOP[top].load(Ordering::Acquire);
-        check!(!leaf.is_null(), "a registered range has its leaves");
-        // SAFETY: `register` mapped every leaf in the range before any
-        // entry is set, and leaves are never unmapped.
-        unsafe { (*leaf)[g & (LEAF_LEN - 1)].store(value, Ordering::Release) };
+        // SAFETY: `register` made every block of the range writable before
+        // any entry was set, and blocks never become read-only again.
+        unsafe { (*map.add(g)).store(value, Ordering::Release) };
     }
 }
 
-/// Number of leaves mapped so far.
+/// In a `fork` child: frees the lock if a thread that no longer exists
+/// held it. That thread may have been between charging a block and
+/// marking it writable; the block is then made writable (and charged)
+/// again when next needed, which costs the child 64 KiB of budget at most.
+pub(crate) fn after_fork_child() {
+    if LOCK.held_by_other() {
+        LOCK.force_unlock();
+    }
+}
+
+/// Number of 64 KiB blocks of entries made writable so far.
 pub fn leaves() -> usize {
-    LEAVES.load(Ordering::Relaxed)
+    BLOCKS_WRITABLE.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -141,13 +190,21 @@ mod tests {
 
     #[test]
     fn foreign_and_unmapped_addresses_map_to_nothing() {
+        assert!(reserve());
         let on_stack = 0u64;
         assert_eq!(lookup(&on_stack as *const u64 as usize), 0);
         assert_eq!(lookup(0), 0);
         assert_eq!(lookup(usize::MAX), 0);
+        assert_eq!(lookup(1 << 47), 0);
         assert_eq!(lookup(1 << 48), 0);
         static S: u8 = 0;
         assert_eq!(lookup(&S as *const u8 as usize), 0);
+        // An address in a block no chunk was ever registered in reads the
+        // zero page.
+        assert_eq!(lookup((1 << 47) - 1), 0);
+        // A view taken before the reservation finds nothing at all.
+        // SAFETY: null and 0 is the view before the reservation.
+        assert_eq!(unsafe { lookup_in(core::ptr::null(), 0, 0x1234_0000) }, 0);
     }
 
     #[test]
@@ -155,13 +212,27 @@ mod tests {
         let len = 5 * (1 << CHUNK_SHIFT);
         let p = os::map_aligned(len, 1 << CHUNK_SHIFT, 0) as usize;
         assert!(register(p, len, 0xabc0));
+        let (map, n) = view();
         for off in (0..len).step_by(4096) {
             assert_eq!(lookup(p + off), 0xabc0);
+            // SAFETY: a view `view` returned.
+            assert_eq!(unsafe { lookup_in(map, n, p + off) }, 0xabc0);
         }
+        assert_eq!(lookup(p + len), 0, "the granule after the range");
         unregister(p, len);
         for off in (0..len).step_by(4096) {
             assert_eq!(lookup(p + off), 0);
         }
         os::unmap(p as *mut u8, len);
+    }
+
+    #[test]
+    fn ranges_above_the_map_are_refused() {
+        assert!(!register(
+            (1 << 47) - (1 << CHUNK_SHIFT),
+            2 << CHUNK_SHIFT,
+            0xabc0
+        ));
+        assert_eq!(lookup((1 << 47) - 1), 0, "nothing partial was written");
     }
 }

@@ -127,7 +127,23 @@ fn do_aligned(align: usize, size: usize) -> *mut c_void {
 /// C's contract.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    do_malloc(size)
+    // A leaf: the pop inline, everything else a tail call.
+    let p = thread::malloc_fast(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_cold(size)
+}
+
+/// What `malloc`'s inline pop leaves (with `errno` on failure).
+#[cold]
+#[inline(never)]
+fn malloc_cold(size: usize) -> *mut c_void {
+    let p = thread::malloc_cold(size);
+    if p.is_null() {
+        return oom();
+    }
+    p.cast()
 }
 
 /// `free(3)`; null is a no-op; `errno` is preserved.

@@ -68,6 +68,11 @@ pub struct Heap {
     /// Per class, the chunk the fast path allocates from (the bin's first
     /// chunk, or [`EMPTY_CHUNK`]).
     current: [*mut Chunk; NUM_CLASSES],
+    /// The chunk map's base and entry count (`chunk_map::view`, taken when
+    /// the record is made; null and 0 in the empty and dead heaps), so the
+    /// free fast path reads no global.
+    map: *const AtomicUsize,
+    map_len: usize,
     /// Blocks handed out per class (owner-written counter).
     allocs: [AtomicUsize; NUM_CLASSES],
     /// Blocks freed per class by this heap's thread, local or remote.
@@ -111,9 +116,17 @@ pub struct Heap {
 const ZERO: AtomicUsize = AtomicUsize::new(0);
 
 impl Heap {
+    /// Records the chunk map's view for the free fast path.
+    pub(crate) fn set_map_view(&mut self, (map, len): (*const AtomicUsize, usize)) {
+        self.map = map;
+        self.map_len = len;
+    }
+
     pub(crate) const fn new(current: *mut Chunk, state: u8) -> Heap {
         Heap {
             current: [current; NUM_CLASSES],
+            map: ptr::null(),
+            map_len: 0,
             allocs: [ZERO; NUM_CLASSES],
             frees: [ZERO; NUM_CLASSES],
             bins: [Bin {
@@ -464,6 +477,31 @@ unsafe fn acquire_chunk(heap: *mut Heap, cls: usize, need: usize) -> *mut Chunk 
             }
         }
         ptr::null_mut()
+    }
+}
+
+/// The inline part of `malloc`: a pop from the current chunk of the
+/// size's class, or null when the size is not small or the chunk has no
+/// free block (the caller's out-of-line path then calls [`malloc`]).
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap).
+#[inline(always)]
+pub unsafe fn malloc_fast(heap: *mut Heap, size: usize) -> *mut u8 {
+    if size > MAX_SMALL {
+        return ptr::null_mut();
+    }
+    let cls = class_of(size);
+    // SAFETY: as in `alloc_class`.
+    unsafe {
+        let c = *(*heap).current.get_unchecked(cls);
+        let b = (*c).free;
+        if !b.is_null() {
+            (*c).free = (*b).next;
+            (*c).used += 1;
+            bump((*heap).allocs.get_unchecked(cls), 1);
+        }
+        b.cast()
     }
 }
 
@@ -859,43 +897,109 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
     }
 }
 
-/// Frees `p` (non-null).
+/// What the inline part of `free` did with a pointer.
+#[derive(Clone, Copy)]
+pub enum FastFree {
+    /// Freed into one of the caller's chunks; nothing more to do.
+    Done,
+    /// Freed, and the chunk now has no block out (or had none: a double
+    /// free); [`free_last`] must finish.
+    Last(*mut Chunk),
+    /// Not the caller's attached slab: the chunk and its tag, for
+    /// [`free_other`]. Nothing was changed.
+    Other(*mut Chunk, usize),
+    /// No chunk at that address: not a pointer chunkmalloc handed out.
+    Miss,
+}
+
+/// The inline part of `free`: the chunk-map lookup and the owner's push.
+/// Everything else is left to the caller's out-of-line paths, so the
+/// shims compile to a leaf that tail-calls them.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap (or the empty heap); `p` is null,
-/// foreign (reported as `Invalid`), or a live pointer from this allocator.
+/// `heap` is the calling thread's heap (or the empty heap); `p` is
+/// non-null and foreign or a live pointer from this allocator.
+#[inline(always)]
+pub unsafe fn free_fast(heap: *mut Heap, p: *mut u8) -> FastFree {
+    // SAFETY: `heap` is a heap record or a static heap; `map` and
+    // `map_len` are a view `chunk_map::view` returned (or null and 0).
+    let c = unsafe { chunk_map::lookup_in((*heap).map, (*heap).map_len, p as usize) };
+    if c == 0 {
+        return FastFree::Miss;
+    }
+    // SAFETY: forwarded contract; `c` is a live chunk header.
+    unsafe { free_found(heap, c as *mut Chunk, p) }
+}
+
+/// [`free_fast`] once the chunk is known.
+///
+/// # Safety
+/// As [`free_fast`]; `c` is the chunk map's entry for `p`, not null.
+#[inline(always)]
+unsafe fn free_found(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FastFree {
+    // SAFETY: the chunk map only holds live chunk headers. The owner and
+    // tag check (owner and flags in one word) makes the rest owner-only.
+    unsafe {
+        let tag = (*c).tag.load(Ordering::Relaxed);
+        if tag != heap as usize {
+            return FastFree::Other(c, tag);
+        }
+        let b = p.cast::<Block>();
+        (*b).next = (*c).local_free;
+        (*c).local_free = b;
+        // `class` < NUM_CLASSES for every slab (set by `init_slab`).
+        let cls = (*c).class as usize;
+        bump((*heap).frees.get_unchecked(cls), 1);
+        let used = (*c).used.wrapping_sub(1);
+        (*c).used = used;
+        // One sign test catches both the chunk's last block (0) and a
+        // free into a chunk with no block out (wrapped to u32::MAX: a
+        // double free; `used` is at most 4,088). The current chunk
+        // emptied by an alloc/free loop stays inline.
+        if (used as i32) <= 0 && (*(*heap).current.get_unchecked(cls) != c || used != 0) {
+            return FastFree::Last(c);
+        }
+        FastFree::Done
+    }
+}
+
+/// The free of a pointer whose chunk is not the caller's attached slab
+/// (`tag` is the chunk's tag as [`free_fast`] read it): a remote free, or
+/// one of the owner's full, aligned, large or huge chunks.
+///
+/// # Safety
+/// As [`free_fast`], which returned `Other(c, tag)` for `p`.
+#[inline]
+pub unsafe fn free_other(heap: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) -> FreeResult {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if tag & (FLAG_MASK & !FLAG_FULL) == 0 {
+            return free_remote(heap, c, p);
+        }
+        free_slow(heap, c, p)
+    }
+}
+
+/// Frees `p` (non-null) through the global chunk map: [`free_fast`]'s
+/// steps and their out-of-line ends, for callers off the fast path.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap); `p` is
+/// foreign (reported as `Invalid`) or a live pointer from this allocator.
 #[inline(always)]
 pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
     let c = chunk_map::lookup(p as usize) as *mut Chunk;
     if c.is_null() {
         return FreeResult::Invalid;
     }
-    // SAFETY: the chunk map only holds live chunk headers. The owner and
-    // tag check (owner and flags in one word) makes the rest owner-only.
+    // SAFETY: forwarded contract; `c` is the chunk map's entry for `p`.
     unsafe {
-        let tag = (*c).tag.load(Ordering::Relaxed);
-        if tag == heap as usize {
-            let b = p.cast::<Block>();
-            (*b).next = (*c).local_free;
-            (*c).local_free = b;
-            // `class` < NUM_CLASSES for every slab (set by `init_slab`).
-            let cls = (*c).class as usize;
-            bump((*heap).frees.get_unchecked(cls), 1);
-            let used = (*c).used.wrapping_sub(1);
-            (*c).used = used;
-            // One sign test catches both the chunk's last block (0) and a
-            // free into a chunk with no block out (wrapped to u32::MAX: a
-            // double free; `used` is at most 4,088). The current chunk
-            // emptied by an alloc/free loop stays inline.
-            if (used as i32) <= 0 && (*(*heap).current.get_unchecked(cls) != c || used != 0) {
-                return free_last(heap, c);
-            }
-            return FreeResult::Done;
+        match free_found(heap, c, p) {
+            FastFree::Done => FreeResult::Done,
+            FastFree::Last(c) => free_last(heap, c),
+            FastFree::Other(c, tag) => free_other(heap, c, p, tag),
+            FastFree::Miss => FreeResult::Invalid,
         }
-        if tag & (FLAG_MASK & !FLAG_FULL) == 0 {
-            return free_remote(heap, c, p);
-        }
-        free_slow(heap, c, p)
     }
 }
 
@@ -907,7 +1011,7 @@ pub unsafe fn free(heap: *mut Heap, p: *mut u8) -> FreeResult {
 /// `local_free` and `used` decremented.
 #[cold]
 #[inline(never)]
-unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
+pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
     // SAFETY: owner thread; attached chunk.
     unsafe {
         let cls = (*c).class as usize;
@@ -956,10 +1060,25 @@ unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult 
             // Our own chunk, detached as full; or a thread without a heap.
             return free_slow(heap, c, p);
         }
+        free_remote_of(heap, c, p);
+        FreeResult::Done
+    }
+}
+
+/// The remote free proper: counts it in the freeing heap and pushes the
+/// block on `c`'s remote list.
+///
+/// # Safety
+/// `heap` is the calling thread's heap record (not the empty or dead
+/// heap), `c` an attached or full slab of another heap, with no aligned
+/// blocks, and `p` one of its live blocks.
+#[inline(always)]
+pub unsafe fn free_remote_of(heap: *mut Heap, c: *mut Chunk, p: *mut u8) {
+    // SAFETY: per the contract; `class` < NUM_CLASSES for every slab.
+    unsafe {
         bump((*heap).frees.get_unchecked((*c).class as usize), 1);
         bump(&(*heap).remote_frees, 1);
         push_remote(c, p.cast());
-        FreeResult::Done
     }
 }
 

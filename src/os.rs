@@ -82,6 +82,37 @@ fn map_raw(len: usize) -> *mut u8 {
     }
 }
 
+/// Reserves `len` bytes of read-only, zero-reading address space, charged
+/// to no commit limit (a private read-only mapping is not accounted, even
+/// with strict overcommit); null on failure. Parts become writable with
+/// [`protect_rw`].
+pub fn reserve_readonly(len: usize) -> *mut u8 {
+    // SAFETY: as in `map_raw`: a fresh anonymous mapping, no hint.
+    let p = keep_errno(|| unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    });
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Makes `[p, p + len)` of a [`reserve_readonly`] region writable. False
+/// if the kernel refuses (commit limit, or too many mappings).
+pub fn protect_rw(p: *mut u8, len: usize) -> bool {
+    // SAFETY: the range lies inside a reservation of ours; changing its
+    // protection to read-write keeps its (zero) contents.
+    keep_errno(|| unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 })
+}
+
 /// Maps `len` bytes (a multiple of the page size) such that `result + offset`
 /// is a multiple of `align` (a power of two, at least the page size).
 /// Returns null on failure. The memory is zeroed.

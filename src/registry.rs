@@ -38,6 +38,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::chunk::EMPTY_CHUNK;
+use crate::chunk_map;
 use crate::config;
 use crate::heap::{self, Heap, STATE_ABANDONED, STATE_LIVE, STATE_ORPHANED};
 use crate::os;
@@ -114,6 +115,11 @@ pub fn acquire() -> *mut Heap {
 
 /// Carves a new heap record. Lock held by the caller.
 unsafe fn new_record(pid: i32, tid: i32) -> *mut Heap {
+    // Every record keeps a view of the chunk map (its fast free path reads
+    // it), so the map is reserved before the first record.
+    if !chunk_map::reserve() {
+        return ptr::null_mut();
+    }
     let size = core::mem::size_of::<Heap>().next_multiple_of(64);
     // SAFETY: lock held by the caller.
     let carve = unsafe { &mut *REGISTRY.carve.get() };
@@ -133,6 +139,7 @@ unsafe fn new_record(pid: i32, tid: i32) -> *mut Heap {
     // SAFETY: `h` is fresh, exclusively owned, aligned memory of `size`.
     unsafe {
         h.write(Heap::new(EMPTY_CHUNK.as_ptr(), STATE_LIVE));
+        (*h).set_map_view(chunk_map::view());
         (*h).pid.store(pid, Ordering::Relaxed);
         (*h).tid.store(tid, Ordering::Relaxed);
         // Publish on the all-heaps list (push-only, so readers can walk it

@@ -22,6 +22,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
+use crate::chunk::{Chunk, FLAG_FULL, FLAG_MASK};
 use crate::config;
 use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP};
 use crate::os;
@@ -230,6 +231,7 @@ extern "C" fn process_exit() {
 /// half-done (see `registry::after_fork_child`,
 /// `GlobalCache::after_fork_child`).
 extern "C" fn fork_child() {
+    crate::chunk_map::after_fork_child();
     crate::provider::GLOBAL_CACHE.after_fork_child();
     if !registry::after_fork_child(current()) {
         // A vanished thread was reclaiming from our heap: start over with
@@ -256,6 +258,26 @@ pub fn init_at_load() {
 /// is exhausted.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
+    let p = malloc_fast(size);
+    if !p.is_null() {
+        return p;
+    }
+    malloc_cold(size)
+}
+
+/// The inline pop of [`malloc`] (null when it misses; no side effects).
+#[inline(always)]
+pub fn malloc_fast(size: usize) -> *mut u8 {
+    // SAFETY: `current()` is this thread's heap.
+    unsafe { heap::malloc_fast(current(), size) }
+}
+
+/// Everything [`malloc_fast`] leaves: refill, large and huge sizes, the
+/// first allocation of a thread, budget failures. Out of line, so the
+/// callers stay leaves that tail-call it.
+#[cold]
+#[inline(never)]
+pub fn malloc_cold(size: usize) -> *mut u8 {
     // SAFETY: `current()` is this thread's heap.
     let p = unsafe { heap::malloc(current(), size) };
     if !p.is_null() {
@@ -410,7 +432,42 @@ pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    // SAFETY: `current()` is this thread's heap; `p` is live or foreign.
+    // SAFETY: forwarded contract; `p` is not null.
+    unsafe { free_nonnull(p) }
+}
+
+/// Frees a non-null `p` (the `GlobalAlloc::dealloc` path, which is never
+/// handed null). The owner's push is inline; every other case is a tail
+/// call to an out-of-line path, so no registers are saved on the way.
+///
+/// # Safety
+/// As [`free`], and `p` is not null.
+#[inline(always)]
+pub unsafe fn free_nonnull(p: *mut u8) {
+    check!(!p.is_null(), "dealloc is never handed null");
+    let h = current();
+    // SAFETY: `h` is this thread's heap; `p` is live or foreign, and each
+    // out-of-line path is handed what `free_fast` found.
+    unsafe {
+        match heap::free_fast(h, p) {
+            heap::FastFree::Done => {}
+            heap::FastFree::Last(c) => free_last(h, c, p),
+            heap::FastFree::Other(c, tag) => free_other(h, c, p, tag),
+            heap::FastFree::Miss => free_miss(p),
+        }
+    }
+}
+
+/// A pointer the heap's view of the chunk map does not know: foreign, or
+/// freed by a thread without a heap (whose view is empty). Looked up again
+/// in the global map.
+///
+/// # Safety
+/// As [`free`], and `p` is not null.
+#[cold]
+#[inline(never)]
+unsafe fn free_miss(p: *mut u8) {
+    // SAFETY: forwarded contract.
     let r = unsafe { heap::free(current(), p) };
     if r != FreeResult::Done {
         // SAFETY: forwarded contract.
@@ -418,16 +475,50 @@ pub unsafe fn free(p: *mut u8) {
     }
 }
 
-/// Frees a non-null `p` (the `GlobalAlloc::dealloc` path, which is never
-/// handed null).
+/// A local free that emptied its chunk, or found it empty (a double free,
+/// reported).
 ///
 /// # Safety
-/// As [`free`], and `p` is not null.
-#[inline(always)]
-pub unsafe fn free_nonnull(p: *mut u8) {
-    check!(!p.is_null(), "dealloc is never handed null");
-    // SAFETY: `current()` is this thread's heap; `p` is live or foreign.
-    let r = unsafe { heap::free(current(), p) };
+/// `free_fast(h, p)` returned `Last(c)`.
+#[cold]
+#[inline(never)]
+unsafe fn free_last(h: *mut Heap, c: *mut Chunk, p: *mut u8) {
+    // SAFETY: forwarded contract.
+    if unsafe { heap::free_last(h, c) } == FreeResult::Invalid {
+        report_invalid(p, b"free");
+    }
+}
+
+/// A free into a chunk that is not the caller's attached slab. A remote
+/// free into another heap's slab (not cold: producer/consumer programs
+/// live here) is done inline; the rest (the owner's full, aligned, large
+/// and huge chunks) is a tail call.
+///
+/// # Safety
+/// `free_fast(h, p)` returned `Other(c, tag)`, so `h` is a heap record
+/// (the empty and dead heaps have an empty chunk-map view and never get
+/// here).
+#[inline(never)]
+unsafe fn free_other(h: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) {
+    if tag & (FLAG_MASK & !FLAG_FULL) == 0 && tag & !FLAG_MASK != h as usize {
+        // SAFETY: a slab of another heap without aligned blocks (its tag
+        // says so), freed by a heap record, per the contract.
+        unsafe { heap::free_remote_of(h, c, p) };
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_other_slow(h, c, p, tag) }
+}
+
+/// [`free_other`]'s cases other than a plain remote free.
+///
+/// # Safety
+/// As [`free_other`].
+#[cold]
+#[inline(never)]
+unsafe fn free_other_slow(h: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) {
+    // SAFETY: forwarded contract.
+    let r = unsafe { heap::free_other(h, c, p, tag) };
     if r != FreeResult::Done {
         // SAFETY: forwarded contract.
         unsafe { free_retry(p, r) };
