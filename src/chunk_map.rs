@@ -180,7 +180,7 @@ pub(crate) fn after_fork_child() {
 }
 
 /// Number of 64 KiB blocks of entries made writable so far.
-pub fn leaves() -> usize {
+pub fn blocks() -> usize {
     BLOCKS_WRITABLE.load(Ordering::Relaxed)
 }
 

@@ -760,13 +760,13 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 
                 ptr::null_mut()
             };
             // Register the target before the move so that failure (a chunk
-            // map leaf refused) leaves the old mapping untouched.
+            // map block refused) leaves the old mapping untouched.
             if t.is_null() || !chunk_map::register(t as usize, new_len, t as usize) {
                 if !t.is_null() {
                     os::unmap(t, new_len);
                 }
                 undo_growth();
-                // The old range is still ours and its leaves exist.
+                // The old range is still ours and its map blocks are writable.
                 chunk_map::register(base as usize, old, c as usize);
                 return ptr::null_mut();
             }
@@ -780,7 +780,7 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 
             t
         };
         if new_base == base && !chunk_map::register(base as usize, new_len, base as usize) {
-            // Grown in place into a 4 GiB region whose leaf the budget
+            // Grown in place into a region whose map block the budget
             // refuses: shrink back (always possible) and give up.
             os::remap_in_place(base, new_len, old);
             undo_growth();

@@ -27,8 +27,8 @@ pub struct Stats {
     /// `budget_live - in_use` is what partly used chunks and rounding
     /// cost; `committed - budget_live` is what caches and metadata hold.
     pub budget_live: usize,
-    /// Committed bytes of chunkmalloc's own metadata (chunk-map leaves,
-    /// heap records).
+    /// Committed bytes of chunkmalloc's own metadata (the chunk map's
+    /// writable blocks, heap records).
     pub metadata: usize,
     /// Committed bytes in free chunks held in caches.
     pub cached: usize,
