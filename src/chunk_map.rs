@@ -3,9 +3,11 @@
 //! A flat array with one word per 64 KiB granule of the 47-bit user
 //! address space (2^31 entries, 16 GiB of address space reserved once, at
 //! the first heap's creation). The reservation is read-only and charged to
-//! no commit limit; it becomes writable in blocks of 64 KiB of entries
-//! (covering 512 MiB of addresses each) when a chunk is first registered
-//! there, and each such block is charged to the budget. Untouched entries
+//! no commit limit; it becomes writable a page of entries at a time
+//! (4 KiB: 512 entries, 32 MiB of addresses) when a chunk is first
+//! registered there, and each such page is charged to the budget: what the
+//! map commits is what it is charged, a page per 32 MiB of address space
+//! in use. Untouched entries
 //! read as zero (the kernel's zero page), so a lookup of any address below
 //! 2^47 is one load and never faults; addresses above, or lookups before
 //! the reservation, see an entry count of zero and return 0.
@@ -30,10 +32,16 @@ use crate::sync::SpinLock;
 
 /// Granules (entries) of the 47-bit user address space.
 pub const ENTRIES: usize = 1 << (47 - CHUNK_SHIFT);
-/// Bytes of entries made writable (and charged) at a time.
-pub const BLOCK_BYTES: usize = 64 << 10;
-const BLOCK_ENTRIES: usize = BLOCK_BYTES / core::mem::size_of::<usize>();
-const BLOCKS: usize = ENTRIES / BLOCK_ENTRIES;
+/// Bytes of entries made writable (and charged) at a time: the smallest
+/// page size (a larger kernel page is handled by [`block_bytes`]).
+const MIN_BLOCK_BYTES: usize = 4 << 10;
+const MIN_BLOCK_ENTRIES: usize = MIN_BLOCK_BYTES / core::mem::size_of::<usize>();
+const BLOCKS: usize = ENTRIES / MIN_BLOCK_ENTRIES;
+
+/// Bytes of entries made writable (and charged) at a time: one page.
+pub fn block_bytes() -> usize {
+    os::page_size().max(MIN_BLOCK_BYTES)
+}
 
 /// The reservation (null until made).
 static MAP: AtomicPtr<AtomicUsize> = AtomicPtr::new(core::ptr::null_mut());
@@ -42,7 +50,7 @@ static MAP: AtomicPtr<AtomicUsize> = AtomicPtr::new(core::ptr::null_mut());
 static LEN: AtomicUsize = AtomicUsize::new(0);
 /// One bit per block: writable (and charged).
 static WRITABLE: [AtomicU64; BLOCKS / 64] = [const { AtomicU64::new(0) }; BLOCKS / 64];
-/// Serialises making blocks writable (rare: once per 512 MiB of address
+/// Serialises making blocks writable (rare: once per 32 MiB of address
 /// space in use) and the reservation itself.
 static LOCK: SpinLock = SpinLock::new();
 /// Number of blocks made writable (for statistics).
@@ -102,17 +110,19 @@ pub fn lookup(addr: usize) -> usize {
 /// budget or the kernel refuses.
 #[cold]
 fn make_writable(g: usize) -> bool {
-    let b = g / BLOCK_ENTRIES;
+    let bytes = block_bytes();
+    let entries = bytes / core::mem::size_of::<usize>();
+    let b = g / entries;
     let (word, bit) = (&WRITABLE[b / 64], 1u64 << (b % 64));
     if word.load(Ordering::Acquire) & bit != 0 {
         return true;
     }
     LOCK.lock();
     let ok = word.load(Ordering::Relaxed) & bit != 0 || {
-        let start = MAP.load(Ordering::Relaxed).wrapping_add(b * BLOCK_ENTRIES);
-        let made = budget::GLOBAL.try_reserve(BLOCK_BYTES)
-            && (os::protect_rw(start.cast(), BLOCK_BYTES) || {
-                budget::GLOBAL.release(BLOCK_BYTES);
+        let start = MAP.load(Ordering::Relaxed).wrapping_add(b * entries);
+        let made = budget::GLOBAL.try_reserve(bytes)
+            && (os::protect_rw(start.cast(), bytes) || {
+                budget::GLOBAL.release(bytes);
                 false
             });
         if made {
@@ -144,7 +154,8 @@ pub fn register(start: usize, len: usize, header: usize) -> bool {
         if !make_writable(g) {
             return false;
         }
-        g = (g / BLOCK_ENTRIES + 1) * BLOCK_ENTRIES;
+        let entries = block_bytes() / core::mem::size_of::<usize>();
+        g = (g / entries + 1) * entries;
     }
     set_range(first, last, header);
     true
@@ -172,14 +183,15 @@ fn set_range(first: usize, last: usize, value: usize) {
 /// In a `fork` child: frees the lock if a thread that no longer exists
 /// held it. That thread may have been between charging a block and
 /// marking it writable; the block is then made writable (and charged)
-/// again when next needed, which costs the child 64 KiB of budget at most.
+/// again when next needed, which costs the child a page of budget at most.
 pub(crate) fn after_fork_child() {
     if LOCK.held_by_other() {
         LOCK.force_unlock();
     }
 }
 
-/// Number of 64 KiB blocks of entries made writable so far.
+/// Number of blocks (pages) of entries made writable so far; each is
+/// [`block_bytes`] long.
 pub fn blocks() -> usize {
     BLOCKS_WRITABLE.load(Ordering::Relaxed)
 }

@@ -128,7 +128,7 @@ fn do_aligned(align: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // A leaf: the pop inline, everything else a tail call.
-    let p = thread::malloc_fast(size);
+    let p = thread::malloc_fast_small(size);
     if !p.is_null() {
         return p.cast();
     }

@@ -35,7 +35,7 @@ use crate::provider::{mark_cached, Provider, GLOBAL_CACHE};
 use crate::registry;
 use crate::size_class::{
     chunk_class_of, class_of, class_size, slab_chunk_size, CHUNK_SIZE, MAX_CHUNK_CLASS_SIZE,
-    MAX_SMALL, NUM_CLASSES,
+    MAX_SMALL, NUM_CLASSES, OBJ_GRANULE, TABLE_MAX,
 };
 use crate::stats::{bump, GLOBALS};
 use crate::sync::SpinLock;
@@ -73,6 +73,10 @@ pub struct Heap {
     /// free fast path reads no global.
     map: *const AtomicUsize,
     map_len: usize,
+    /// The class of every size up to 1 KiB (`size_class::build_table`),
+    /// kept here so that the exported `malloc` reads it off the heap
+    /// pointer it already has, not through the GOT.
+    small_class: [u8; TABLE_MAX / OBJ_GRANULE + 1],
     /// Blocks handed out per class (owner-written counter).
     allocs: [AtomicUsize; NUM_CLASSES],
     /// Blocks freed per class by this heap's thread, local or remote.
@@ -127,6 +131,7 @@ impl Heap {
             current: [current; NUM_CLASSES],
             map: ptr::null(),
             map_len: 0,
+            small_class: crate::size_class::build_table(),
             allocs: [ZERO; NUM_CLASSES],
             frees: [ZERO; NUM_CLASSES],
             bins: [Bin {
@@ -494,6 +499,35 @@ pub unsafe fn malloc_fast(heap: *mut Heap, size: usize) -> *mut u8 {
     let cls = class_of(size);
     // SAFETY: as in `alloc_class`.
     unsafe {
+        let c = *(*heap).current.get_unchecked(cls);
+        let b = (*c).free;
+        if !b.is_null() {
+            (*c).free = (*b).next;
+            (*c).used += 1;
+            bump((*heap).allocs.get_unchecked(cls), 1);
+        }
+        b.cast()
+    }
+}
+
+/// [`malloc_fast`] for sizes up to 1 KiB only, with the class read from
+/// the heap's own table: the exported `malloc`'s inline part (mimalloc's
+/// shape: larger sizes take the out-of-line path, so the common case has
+/// one size test, one table load and no merge branch).
+///
+/// # Safety
+/// As [`malloc_fast`].
+#[inline(always)]
+pub unsafe fn malloc_fast_small(heap: *mut Heap, size: usize) -> *mut u8 {
+    if size > TABLE_MAX {
+        return ptr::null_mut();
+    }
+    // SAFETY: as in `alloc_class`; `size / 16` indexes the table (65
+    // entries for sizes up to 1 KiB) and its entries are class indices.
+    unsafe {
+        let cls = *(*heap)
+            .small_class
+            .get_unchecked(size.div_ceil(OBJ_GRANULE)) as usize;
         let c = *(*heap).current.get_unchecked(cls);
         let b = (*c).free;
         if !b.is_null() {

@@ -62,7 +62,9 @@ const fn units_of_class(c: usize) -> usize {
     (1 << k) + j * (1 << (k - 3))
 }
 
-const fn build_table() -> [u8; TABLE_MAX / OBJ_GRANULE + 1] {
+/// The class of every size up to [`TABLE_MAX`], by granule count (entry 0
+/// serves size 0); heaps keep a copy beside their bins.
+pub const fn build_table() -> [u8; TABLE_MAX / OBJ_GRANULE + 1] {
     let mut t = [0u8; TABLE_MAX / OBJ_GRANULE + 1];
     let mut i = 1;
     while i < t.len() {

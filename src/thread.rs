@@ -272,6 +272,14 @@ pub fn malloc_fast(size: usize) -> *mut u8 {
     unsafe { heap::malloc_fast(current(), size) }
 }
 
+/// [`malloc_fast`] for sizes up to 1 KiB (the exported `malloc`'s inline
+/// part; see `heap::malloc_fast_small`).
+#[inline(always)]
+pub fn malloc_fast_small(size: usize) -> *mut u8 {
+    // SAFETY: `current()` is this thread's heap.
+    unsafe { heap::malloc_fast_small(current(), size) }
+}
+
 /// Everything [`malloc_fast`] leaves: refill, large and huge sizes, the
 /// first allocation of a thread, budget failures. Out of line, so the
 /// callers stay leaves that tail-call it.
