@@ -493,6 +493,23 @@ impl Chunk {
         }
     }
 
+    /// Whether a remote freer claimed this chunk's notification and the
+    /// chunk is (or is about to be) on its owner's pending stack. Such a
+    /// chunk must not be retired until it comes off that stack, even when
+    /// it is attached with no block out: an attached chunk is queued when
+    /// its heap was abandoned, armed, claimed, and adopted before the owner
+    /// took it off the stack (adoption cannot take a claim back), and the
+    /// claimer may still be about to push it. The state is stable: only
+    /// taking the chunk off the pending stack clears it.
+    ///
+    /// # Safety
+    /// `c` is a live chunk header.
+    #[inline]
+    pub unsafe fn is_queued(c: *mut Chunk) -> bool {
+        // SAFETY: per the contract.
+        unsafe { (*c).remote.peek().state == crate::remote::QUEUED }
+    }
+
     /// The owner wants a detached chunk back without waiting for the
     /// pending stack (a local free into it). Succeeds, clearing
     /// `FLAG_FULL`, unless a remote freer already claimed the

@@ -1064,11 +1064,12 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
             bump(&(*heap).frees[cls], usize::MAX);
             return FreeResult::Invalid;
         }
-        if (*heap).current[cls] != c || budget::GLOBAL.under_pressure() {
+        if ((*heap).current[cls] != c || budget::GLOBAL.under_pressure()) && !Chunk::is_queued(c) {
             // The current chunk is kept so an alloc/free loop does not
             // thrash the provider (except near the budget cap, where an
             // empty chunk no other thread can reclaim must not stay);
-            // any other emptied chunk is retired.
+            // any other emptied chunk is retired, unless it is queued
+            // (then it is retired when it comes off the pending stack).
             (*heap).lock.lock();
             bin_remove(heap, cls, c);
             retire(heap, c);
@@ -1240,7 +1241,7 @@ unsafe fn free_local_slow(heap: *mut Heap, c: *mut Chunk, b: *mut Block, cls: us
                 }
             }
             // else: queued on our pending list; handled there.
-        } else if (*c).used == 0 && (*heap).current[cls] != c {
+        } else if (*c).used == 0 && (*heap).current[cls] != c && !Chunk::is_queued(c) {
             bin_remove(heap, cls, c);
             retire(heap, c);
         }
@@ -1323,6 +1324,10 @@ unsafe fn arm(heap: *mut Heap, c: *mut Chunk) {
                 return;
             }
             Chunk::collect_remote(c);
+            if Chunk::is_queued(c) {
+                // Claimed: it comes back through the pending stack.
+                return;
+            }
             if (*c).used == 0 {
                 bin_remove(heap, (*c).class as usize, c);
                 retire_to_global(heap, c);
@@ -1349,7 +1354,7 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
             while !c.is_null() {
                 let next = (*c).next;
                 Chunk::collect_remote(c);
-                if (*c).used == 0 && (all || c != (*heap).bins[cls].first) {
+                if (*c).used == 0 && (all || c != (*heap).bins[cls].first) && !Chunk::is_queued(c) {
                     bin_remove(heap, cls, c);
                     retire(heap, c);
                 }
