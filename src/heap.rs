@@ -496,7 +496,17 @@ pub unsafe fn malloc_fast(heap: *mut Heap, size: usize) -> *mut u8 {
     if size > MAX_SMALL {
         return ptr::null_mut();
     }
-    let cls = class_of(size);
+    // SAFETY: forwarded contract; `class_of` gives a class index.
+    unsafe { pop_current(heap, class_of(size)) }
+}
+
+/// Pops a block from the current chunk of class `cls` (null if it has
+/// none): the body of both inline allocation paths.
+///
+/// # Safety
+/// As [`malloc_fast`]; `cls < NUM_CLASSES`.
+#[inline(always)]
+unsafe fn pop_current(heap: *mut Heap, cls: usize) -> *mut u8 {
     // SAFETY: as in `alloc_class`.
     unsafe {
         let c = *(*heap).current.get_unchecked(cls);
@@ -528,14 +538,7 @@ pub unsafe fn malloc_fast_small(heap: *mut Heap, size: usize) -> *mut u8 {
         let cls = *(*heap)
             .small_class
             .get_unchecked(size.div_ceil(OBJ_GRANULE)) as usize;
-        let c = *(*heap).current.get_unchecked(cls);
-        let b = (*c).free;
-        if !b.is_null() {
-            (*c).free = (*b).next;
-            (*c).used += 1;
-            bump((*heap).allocs.get_unchecked(cls), 1);
-        }
-        b.cast()
+        pop_current(heap, cls)
     }
 }
 

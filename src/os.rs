@@ -63,13 +63,19 @@ fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
 
 /// Maps `len` bytes of fresh, zeroed, read-write memory; null on failure.
 fn map_raw(len: usize) -> *mut u8 {
+    map_prot(len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+/// Maps `len` bytes of fresh anonymous memory with protection `prot`;
+/// null on failure.
+fn map_prot(len: usize, prot: libc::c_int) -> *mut u8 {
     // SAFETY: an anonymous private mapping with no address hint touches no
     // existing memory; the kernel picks the place.
     let p = keep_errno(|| unsafe {
         libc::mmap(
             ptr::null_mut(),
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -87,22 +93,7 @@ fn map_raw(len: usize) -> *mut u8 {
 /// with strict overcommit); null on failure. Parts become writable with
 /// [`protect_rw`].
 pub fn reserve_readonly(len: usize) -> *mut u8 {
-    // SAFETY: as in `map_raw`: a fresh anonymous mapping, no hint.
-    let p = keep_errno(|| unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    });
-    if p == libc::MAP_FAILED {
-        ptr::null_mut()
-    } else {
-        p.cast()
-    }
+    map_prot(len, libc::PROT_READ)
 }
 
 /// Makes `[p, p + len)` of a [`reserve_readonly`] region writable. False
