@@ -325,16 +325,12 @@ pub unsafe fn alloc_class(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
     // point at the never-written empty chunk whose `free` is null. `cls` is
     // a class index (< NUM_CLASSES) by construction of `class_of`.
     unsafe {
-        let c = *(*heap).current.get_unchecked(cls);
-        let b = (*c).free;
+        let b = pop_current(heap, cls);
         if !b.is_null() {
-            (*c).free = (*b).next;
-            (*c).used += 1;
-            bump((*heap).allocs.get_unchecked(cls), 1);
             if zero {
-                zero_block(c, b, cls);
+                zero_block(*(*heap).current.get_unchecked(cls), b.cast(), cls);
             }
-            return b.cast();
+            return b;
         }
         alloc_slow(heap, cls, zero)
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use chunkmalloc::{budget, set_budget, stats};
-use common::{check_raw, fill_raw, in_child, Rng, KIB, MIB};
+use common::{check_raw, fill_raw, in_child, rss_noalloc, Rng, KIB, MIB};
 
 #[global_allocator]
 static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
@@ -92,32 +92,6 @@ fn free_blocks(blocks: impl Iterator<Item = Held>) {
             dealloc(p as *mut u8, layout);
         }
     }
-}
-
-/// Resident bytes from `/proc/self/statm`, read into a stack buffer: at the
-/// cap an allocating reader could itself fail.
-fn rss_noalloc() -> usize {
-    let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path; `buf` is valid for `buf.len()` bytes;
-    // the descriptor is closed before returning.
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0, "open /proc/self/statm");
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0, "read /proc/self/statm");
-    // Fields: size resident shared ... (in pages).
-    let text = &buf[..n as usize];
-    let mut fields = text.split(|&b| b == b' ');
-    fields.next();
-    let resident = fields.next().expect("resident field");
-    let pages = resident
-        .iter()
-        .fold(0usize, |acc, &d| acc * 10 + (d - b'0') as usize);
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
 /// 8 threads allocate mixed sizes until allocations fail under a 64 MiB

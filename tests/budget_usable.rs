@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use chunkmalloc::{set_budget, stats};
-use common::{in_child, size_classes, Rng, MIB};
+use common::{in_child, rss_noalloc, size_classes, Rng, MIB};
 
 #[global_allocator]
 static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
@@ -116,31 +116,6 @@ fn sampler(stop: &Arc<AtomicBool>, max: &Arc<AtomicUsize>) -> std::thread::JoinH
             std::thread::yield_now();
         }
     })
-}
-
-/// Resident bytes from `/proc/self/statm`, read into a stack buffer: at the
-/// cap an allocating reader could itself fail.
-fn rss_noalloc() -> usize {
-    let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path; `buf` is valid for `buf.len()` bytes;
-    // the descriptor is closed before returning.
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0, "open /proc/self/statm");
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0, "read /proc/self/statm");
-    let mut fields = buf[..n as usize].split(|&b| b == b' ');
-    fields.next();
-    let pages = fields
-        .next()
-        .expect("resident field")
-        .iter()
-        .fold(0usize, |acc, &d| acc * 10 + (d - b'0') as usize);
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
 /// Checks the cap held: the sampler's maximum, `peak_committed`, VmRSS.

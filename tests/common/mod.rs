@@ -213,6 +213,32 @@ impl Rng {
     }
 }
 
+/// Resident bytes from `/proc/self/statm`, read into a stack buffer: at the
+/// cap an allocating reader could itself fail.
+pub fn rss_noalloc() -> usize {
+    let mut buf = [0u8; 128];
+    // SAFETY: a NUL-terminated path; `buf` is valid for `buf.len()` bytes;
+    // the descriptor is closed before returning.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "open /proc/self/statm");
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0, "read /proc/self/statm");
+    // Fields: size resident shared ... (in pages).
+    let text = &buf[..n as usize];
+    let mut fields = text.split(|&b| b == b' ');
+    fields.next();
+    let resident = fields.next().expect("resident field");
+    let pages = resident
+        .iter()
+        .fold(0usize, |acc, &d| acc * 10 + (d - b'0') as usize);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
 /// Resident set size of this process in bytes (VmRSS).
 pub fn rss() -> usize {
     let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
