@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use chunkmalloc::{budget, set_budget, stats};
-use common::{check_raw, fill_raw, in_child, rss_noalloc, Rng, KIB, MIB};
+use common::{check_raw, fill_raw, free_half, in_child, rss_noalloc, Rng, KIB, MIB};
 
 #[global_allocator]
 static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
@@ -146,16 +146,13 @@ fn cap_holds_with_8_threads_and_recovers() {
                     nulls.fetch_add(fill_to_cap(t, &mut held), Ordering::Relaxed);
                     filled.wait();
                     checked.wait();
-                    // Free every other block (local frees; `retain` does
-                    // not allocate).
-                    let mut k = 0;
-                    held.retain(|&b| {
-                        k += 1;
-                        if k % 2 == 0 {
-                            free_blocks(std::iter::once(b));
-                        }
-                        k % 2 == 1
-                    });
+                    // Free half of the blocks and at least half of the
+                    // bytes (local frees; nothing allocated).
+                    free_half(
+                        &mut held,
+                        |b| b.1.size(),
+                        |b| free_blocks(std::iter::once(b)),
+                    );
                     halved.wait();
                     recovered.wait();
                     free_blocks(held.drain(..));

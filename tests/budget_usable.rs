@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use chunkmalloc::{set_budget, stats};
-use common::{in_child, rss_noalloc, size_classes, Rng, MIB};
+use common::{free_half, in_child, rss_noalloc, size_classes, Rng, MIB};
 
 #[global_allocator]
 static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
@@ -186,15 +186,8 @@ fn mixed(threads: usize, warm: bool, want: f64) {
                 held_bytes.fetch_add(held.iter().map(|b| b.1).sum(), Ordering::Relaxed);
                 filled.wait();
                 checked.wait();
-                // Free every other block (`retain` does not allocate).
-                let mut k = 0;
-                held.retain(|&b| {
-                    k += 1;
-                    if k % 2 == 0 {
-                        free_held(b);
-                    }
-                    k % 2 == 1
-                });
+                // Free half of the blocks and at least half of the bytes.
+                free_half(&mut held, |b| b.1, free_held);
                 halved.wait();
                 recovered.wait();
                 held.drain(..).for_each(free_held);

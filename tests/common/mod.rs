@@ -239,6 +239,33 @@ pub fn rss_noalloc() -> usize {
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
+/// Frees every other block of `held`, then the largest remaining ones
+/// until at least half of the held bytes are freed. With log-uniform sizes
+/// a few blocks hold most of the bytes, so every other block alone may
+/// give back little, and a "recovers after half is freed" check would pass
+/// or fail on which blocks those were. Does not allocate (at the cap).
+pub fn free_half<T: Copy>(held: &mut Vec<T>, size: impl Fn(&T) -> usize, mut free: impl FnMut(T)) {
+    let total: usize = held.iter().map(&size).sum();
+    let mut freed = 0;
+    let mut k = 0;
+    held.retain(|b| {
+        k += 1;
+        if k % 2 == 0 {
+            freed += size(b);
+            free(*b);
+        }
+        k % 2 == 1
+    });
+    while freed * 2 < total {
+        let Some((i, _)) = held.iter().enumerate().max_by_key(|(_, b)| size(b)) else {
+            break;
+        };
+        let b = held.swap_remove(i);
+        freed += size(&b);
+        free(b);
+    }
+}
+
 /// Resident set size of this process in bytes (VmRSS).
 pub fn rss() -> usize {
     let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
