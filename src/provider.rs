@@ -157,10 +157,10 @@ impl GlobalCache {
     }
 
     fn count(&self, c: *mut Chunk, add: bool) {
-        // SAFETY: `c` is a chunk in (or entering/leaving) the cache, and the
-        // lock is held, so its header is stable.
         // Committed chunks count what is charged, decommitted ones what
         // is mapped.
+        // SAFETY: `c` is a chunk in (or entering/leaving) the cache, and the
+        // lock is held, so its header is stable.
         let (dec, size) = unsafe {
             if (*c).decommitted {
                 (true, (*c).size)
@@ -1052,6 +1052,25 @@ mod tests {
         v[charged / page..].iter().filter(|&&b| b & 1 != 0).count()
     }
 
+    /// Takes every block on `c`'s free list (blocks of `bs` bytes),
+    /// touching each whole. Returns how many.
+    ///
+    /// # Safety
+    /// The test owns `c`, a slab of `bs`-byte blocks.
+    unsafe fn take_free(c: *mut Chunk, bs: usize) -> usize {
+        let mut n = 0;
+        // SAFETY: per the contract; free blocks are ours to write.
+        unsafe {
+            while !(*c).free.is_null() {
+                let b = (*c).free;
+                (*c).free = (*b).next;
+                b.cast::<u8>().write_bytes(0xa5, bs);
+                n += 1;
+            }
+        }
+        n
+    }
+
     #[test]
     fn slab_pages_are_charged_as_carved_and_released_to_zero() {
         let page = os::page_size();
@@ -1070,13 +1089,7 @@ mod tests {
             Chunk::init_slab(c, 2, 48, 1 << 6);
             let mut blocks = 0;
             while Chunk::refill(c, budget) {
-                // Take the whole carve, touching every block.
-                while !(*c).free.is_null() {
-                    let b = (*c).free;
-                    (*c).free = (*b).next;
-                    b.cast::<u8>().write_bytes(0xa5, 48);
-                    blocks += 1;
-                }
+                blocks += take_free(c, 48);
                 let reach = (*c).bump as usize - c as usize;
                 assert_eq!(Chunk::charged(c), reach.next_multiple_of(page));
                 assert_eq!(budget.committed(), Chunk::charged(c));
@@ -1123,12 +1136,7 @@ mod tests {
             Chunk::init_slab(c, 0, 1024, 1 << 6);
             let mut blocks = 0;
             while Chunk::refill(c, budget) {
-                while !(*c).free.is_null() {
-                    let b = (*c).free;
-                    (*c).free = (*b).next;
-                    b.cast::<u8>().write_bytes(1, 1024);
-                    blocks += 1;
-                }
+                blocks += take_free(c, 1024);
                 assert!(budget.committed() <= 3 * page);
             }
             // Every block that fits wholly in the three pages charged was
