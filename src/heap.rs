@@ -1006,11 +1006,23 @@ unsafe fn free_found(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FastFree {
 pub unsafe fn free_other(heap: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) -> FreeResult {
     // SAFETY: forwarded contract.
     unsafe {
-        if tag & (FLAG_MASK & !FLAG_FULL) == 0 {
-            return free_remote(heap, c, p);
+        if !is_empty(heap) && is_plain_remote(heap, tag) {
+            free_remote_of(heap, c, p);
+            return FreeResult::Done;
         }
+        // Our own full, aligned, large or huge chunk; or a thread without
+        // a heap.
         free_slow(heap, c, p)
     }
+}
+
+/// Whether a chunk whose tag is `tag` takes a plain remote free from
+/// `heap`: a slab without aligned blocks (attached or full) owned by
+/// another heap. The one rule for both callers: [`free_other`] and the
+/// shims' inline remote free (`thread::free_other`).
+#[inline(always)]
+pub fn is_plain_remote(heap: *mut Heap, tag: usize) -> bool {
+    tag & (FLAG_MASK & !FLAG_FULL) == 0 && tag & !FLAG_MASK != heap as usize
 }
 
 /// Frees `p` (non-null) through the global chunk map: [`free_fast`]'s
@@ -1074,27 +1086,6 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
             retire(heap, c);
             (*heap).lock.unlock();
         }
-        FreeResult::Done
-    }
-}
-
-/// A free into a plain slab (no aligned interior pointers) that this heap
-/// may not own: one CAS onto the chunk's remote list, unless it turns out
-/// to be our own full chunk or the thread has no heap.
-///
-/// # Safety
-/// `heap` is the calling thread's heap (or an empty one); `c` is the live
-/// slab holding the block `p`.
-#[inline(never)]
-unsafe fn free_remote(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
-    // SAFETY: per the contract; `class` < NUM_CLASSES for every slab.
-    unsafe {
-        let owner = Chunk::owner(c) as *mut Heap;
-        if owner == heap || is_empty(heap) {
-            // Our own chunk, detached as full; or a thread without a heap.
-            return free_slow(heap, c, p);
-        }
-        free_remote_of(heap, c, p);
         FreeResult::Done
     }
 }

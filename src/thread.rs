@@ -22,7 +22,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
-use crate::chunk::{Chunk, FLAG_FULL, FLAG_MASK};
+use crate::chunk::Chunk;
 use crate::config;
 use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP};
 use crate::os;
@@ -508,7 +508,7 @@ unsafe fn free_last(h: *mut Heap, c: *mut Chunk, p: *mut u8) {
 /// here).
 #[inline(never)]
 unsafe fn free_other(h: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) {
-    if tag & (FLAG_MASK & !FLAG_FULL) == 0 && tag & !FLAG_MASK != h as usize {
+    if heap::is_plain_remote(h, tag) {
         // SAFETY: a slab of another heap without aligned blocks (its tag
         // says so), freed by a heap record, per the contract.
         unsafe { heap::free_remote_of(h, c, p) };
