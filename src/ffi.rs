@@ -52,13 +52,18 @@ fn oom<T>() -> *mut T {
     ptr::null_mut()
 }
 
+/// `p` as the C result: a null allocation sets `ENOMEM`.
 #[inline(always)]
-fn do_malloc(size: usize) -> *mut c_void {
-    let p = thread::malloc(size);
+fn or_enomem(p: *mut u8) -> *mut c_void {
     if p.is_null() {
         return oom();
     }
     p.cast()
+}
+
+#[inline(always)]
+fn do_malloc(size: usize) -> *mut c_void {
+    or_enomem(thread::malloc(size))
 }
 
 #[inline(always)]
@@ -72,11 +77,7 @@ fn do_calloc(n: usize, size: usize) -> *mut c_void {
     let Some(total) = n.checked_mul(size) else {
         return oom();
     };
-    let p = thread::malloc_zeroed(total);
-    if p.is_null() {
-        return oom();
-    }
-    p.cast()
+    or_enomem(thread::malloc_zeroed(total))
 }
 
 unsafe fn do_realloc(p: *mut c_void, size: usize) -> *mut c_void {
@@ -96,11 +97,7 @@ unsafe fn do_realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // SAFETY: `p` is one of ours and live.
-    let q = unsafe { thread::realloc(p.cast(), size, MIN_ALIGN) };
-    if q.is_null() {
-        return oom();
-    }
-    q.cast()
+    or_enomem(unsafe { thread::realloc(p.cast(), size, MIN_ALIGN) })
 }
 
 /// Aligned allocation with glibc's `memalign` semantics: `align` is a power
@@ -110,15 +107,11 @@ fn do_aligned(align: usize, size: usize) -> *mut c_void {
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return oom();
     }
-    let p = if align <= MIN_ALIGN {
+    or_enomem(if align <= MIN_ALIGN {
         thread::malloc(size)
     } else {
         thread::malloc_aligned(size, align, false)
-    };
-    if p.is_null() {
-        return oom();
-    }
-    p.cast()
+    })
 }
 
 /// `malloc(3)`.
@@ -139,11 +132,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[cold]
 #[inline(never)]
 fn malloc_cold(size: usize) -> *mut c_void {
-    let p = thread::malloc_cold(size);
-    if p.is_null() {
-        return oom();
-    }
-    p.cast()
+    or_enomem(thread::malloc_cold(size))
 }
 
 /// `free(3)`; null is a no-op; `errno` is preserved.
