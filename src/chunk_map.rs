@@ -106,13 +106,11 @@ pub fn lookup(addr: usize) -> usize {
     unsafe { lookup_in(MAP.load(Ordering::Relaxed), len, addr) }
 }
 
-/// Makes the block holding entry `g` writable (charging it). False if the
-/// budget or the kernel refuses.
+/// Makes block `b` (entries `b * entries ..`, `entries` per block) writable,
+/// charging it. False if the budget or the kernel refuses.
 #[cold]
-fn make_writable(g: usize) -> bool {
-    let bytes = block_bytes();
-    let entries = bytes / core::mem::size_of::<usize>();
-    let b = g / entries;
+fn make_writable(b: usize, entries: usize) -> bool {
+    let bytes = entries * core::mem::size_of::<usize>();
     let (word, bit) = (&WRITABLE[b / 64], 1u64 << (b % 64));
     if word.load(Ordering::Acquire) & bit != 0 {
         return true;
@@ -149,13 +147,9 @@ pub fn register(start: usize, len: usize, header: usize) -> bool {
     }
     // Make all needed blocks writable first so failure leaves no partial
     // entries.
-    let mut g = first;
-    while g <= last {
-        if !make_writable(g) {
-            return false;
-        }
-        let entries = block_bytes() / core::mem::size_of::<usize>();
-        g = (g / entries + 1) * entries;
+    let entries = block_bytes() / core::mem::size_of::<usize>();
+    if !(first / entries..=last / entries).all(|b| make_writable(b, entries)) {
+        return false;
     }
     set_range(first, last, header);
     true

@@ -246,7 +246,11 @@ impl GlobalCache {
         };
         self.lock.unlock();
         if put {
-            let due = now.saturating_add(huge_delay(config::purge_delay_ms()));
+            // Kept for the purge delay, as chunks are (a tenth of it let the
+            // mapping go between two replacements of a program that also
+            // cycles smaller buffers); the byte cap above bounds what the
+            // wait can hold.
+            let due = now.saturating_add(config::purge_delay_ms());
             self.next_purge_ms.fetch_min(due, Ordering::Relaxed);
         }
         put
@@ -363,13 +367,13 @@ impl GlobalCache {
                 if c.is_null() {
                     continue;
                 }
-                if force || (*c).cached_at.saturating_add(huge_delay(delay)) <= now {
+                if force || (*c).cached_at.saturating_add(delay) <= now {
                     slot.store(ptr::null_mut(), Ordering::Relaxed);
                     self.huge_bytes.fetch_sub((*c).size, Ordering::Relaxed);
                     (*c).link.store(to_unmap, Ordering::Relaxed);
                     to_unmap = c;
                 } else {
-                    next_due = next_due.min((*c).cached_at.saturating_add(huge_delay(delay)));
+                    next_due = next_due.min((*c).cached_at.saturating_add(delay));
                 }
             }
         }
@@ -406,14 +410,6 @@ fn max_decommitted() -> usize {
     return crate::hooks::KEEP_DECOMMITTED.load(Ordering::Relaxed);
     #[cfg(not(feature = "test-hooks"))]
     GLOBAL_MAX_DECOMMITTED
-}
-
-/// How long a freed huge mapping is kept: the purge delay, as for chunks.
-/// A tenth of it (as before) let the mapping go between two replacements
-/// of a program that also cycles smaller buffers; the byte cap of
-/// `put_huge` bounds what the longer wait can hold.
-fn huge_delay(delay: u64) -> u64 {
-    delay
 }
 
 /// Marks a chunk free (kind `Cached`, no owner, not a slab, unlinked) and
