@@ -84,19 +84,6 @@ static int intact(const unsigned char *p, size_t n, uint64_t tag)
     return 1;
 }
 
-/* Child-safe message: format into a stack buffer and write(2). */
-static void child_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void child_say(const char *fmt, ...)
-{
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
 static void *busy_thread(void *arg)
 {
     uint64_t rng = 0x1234567ull * ((uintptr_t)arg + 1) | 1;
@@ -149,7 +136,7 @@ static int child_work(int round)
     /* the parent's blocks came across intact; free every other one */
     for (int i = 0; i < PARENT_BLOCKS; i++) {
         if (!intact(parent_blocks[i], parent_sizes[i], (uint64_t)i)) {
-            child_say("FAIL: fork %d: child sees parent block %d corrupted\n", round, i);
+            say("FAIL: fork %d: child sees parent block %d corrupted\n", round, i);
             return 10;
         }
         if (i & 1)
@@ -163,21 +150,21 @@ static int child_work(int round)
         unsigned i = (unsigned)(xorshift(&rng) % LIVE);
         if (live[i]) {
             if (!intact(live[i], size[i], i + (uint64_t)round)) {
-                child_say("FAIL: fork %d: child block of %zu bytes corrupted\n", round, size[i]);
+                say("FAIL: fork %d: child block of %zu bytes corrupted\n", round, size[i]);
                 return 11;
             }
             if (op % 7 == 0) {
                 size_t ns = random_size(&rng, 17);
                 unsigned char *q = x_realloc(live[i], ns);
                 if (!q) {
-                    child_say("FAIL: fork %d: realloc returned NULL in child\n", round);
+                    say("FAIL: fork %d: realloc returned NULL in child\n", round);
                     return 12;
                 }
                 size_t keep = ns < size[i] ? ns : size[i];
                 /* the checked positions below `keep` must have survived */
                 for (size_t j = 0; j < keep; j = next_index(j, size[i]))
                     if (q[j] != pat(i + (uint64_t)round, j)) {
-                        child_say("FAIL: fork %d: realloc in child lost contents\n", round);
+                        say("FAIL: fork %d: realloc in child lost contents\n", round);
                         return 13;
                     }
                 live[i] = q;
@@ -190,7 +177,7 @@ static int child_work(int round)
         size[i] = random_size(&rng, 17);
         live[i] = x_malloc(size[i]);
         if (!live[i]) {
-            child_say("FAIL: fork %d: malloc(%zu) returned NULL in child\n", round, size[i]);
+            say("FAIL: fork %d: malloc(%zu) returned NULL in child\n", round, size[i]);
             return 14;
         }
         fill(live[i], size[i], i + (uint64_t)round);
@@ -248,7 +235,7 @@ int main(int argc, char **argv)
                 char *const args[] = {"true", NULL};
                 execv("/bin/true", args);
                 execv("/usr/bin/true", args);
-                child_say("FAIL: fork %d: execv(/bin/true) failed\n", round);
+                say("FAIL: fork %d: execv(/bin/true) failed\n", round);
                 _exit(126);
             }
             if (variant == 2) {
@@ -260,7 +247,7 @@ int main(int argc, char **argv)
                 for (int t = 0; t < 2; t++)
                     pthread_join(ct[t], &res[t]);
                 if (res[0] || res[1]) {
-                    child_say("FAIL: fork %d: thread in child saw corruption\n", round);
+                    say("FAIL: fork %d: thread in child saw corruption\n", round);
                     _exit(21);
                 }
             }

@@ -60,6 +60,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#define TESTUTIL_SAY_BUF 600
+#define TESTUTIL_CHECK_BUF 500
+#include "testutil.h"
+
 /* Called through volatile pointers so the compiler cannot pair up or drop
  * the calls. */
 static void *(*volatile x_malloc)(size_t) = malloc;
@@ -73,47 +77,6 @@ static void (*volatile x_free)(void *) = free;
 extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso_symbol)
     __attribute__((weak));
 extern void *__dso_handle;
-
-static long n_passed, n_failed; /* atomic */
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    char buf[600];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t w = write(1, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        p += w;
-        len -= (size_t)w;
-    }
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        __atomic_add_fetch(&n_passed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    __atomic_add_fetch(&n_failed, 1, __ATOMIC_RELAXED);
-    char msg[500];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    say("FAIL: %s\n", msg);
-}
 
 /* The byte pattern; dl_plugin.c has the same formula. */
 static unsigned char pattern(unsigned seed, size_t i)
@@ -761,18 +724,6 @@ static pthread_key_t key_last;
 static void *lr_keep[LR_THREADS];
 static int lr_index; /* the thread running now; threads run one at a time */
 
-static long rss_kib(void)
-{
-    char buf[128];
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return -1;
-    long size = 0, resident = -1;
-    if (!fgets(buf, sizeof buf, f) || sscanf(buf, "%ld %ld", &size, &resident) != 2)
-        resident = -1;
-    fclose(f);
-    return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
-}
 
 static void key_last_dtor(void *v)
 {

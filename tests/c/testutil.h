@@ -72,9 +72,9 @@
 /* Checks passed and failed (atomic: relaxed add/load). */
 static long n_passed, n_failed;
 
-/* printf to fd 1 with a single write(2), truncated to TESTUTIL_SAY_BUF - 1
- * bytes; usable in signal handlers and forked children as far as
- * vsnprintf is. */
+/* printf to fd 1 with write(2) (repeated after a short write or EINTR),
+ * truncated to TESTUTIL_SAY_BUF - 1 bytes; usable in signal handlers and
+ * forked children as far as vsnprintf is. */
 static inline void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static inline void say(const char *fmt, ...)
 {
@@ -83,8 +83,19 @@ static inline void say(const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        (void)!write(1, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    if (n <= 0)
+        return;
+    size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(1, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        len -= (size_t)w;
+    }
 }
 
 /* One check: counts a pass, or counts a failure and prints "FAIL: ...". */
