@@ -9,7 +9,8 @@
 #      conformance    malloc ABI edge cases (strict chunkmalloc mode, see
 #                     tests/c/conformance.c, is switched on automatically when
 #                     the library's file name contains "chunkmalloc")
-#      stress         8 threads, cross-thread frees, pattern checks
+#      stress         8 threads, cross-thread frees, pattern checks (also
+#                     under `ulimit -v` 8 GiB: the chunk map's radix fallback)
 #      fork_threads   fork() while threads allocate; children exec or exit
 #      budget_enomem  1 MiB blocks until NULL, run with CHUNKMALLOC_BUDGET=64MiB
 #      lifecycle      allocation before main (.preinit_array, constructor),
@@ -208,7 +209,12 @@ run_c() {
     fi
     local log="$LOGS/$shown.log" rc=0
     set +e
-    timeout "$limit" env LD_PRELOAD="$LIB" "${envs[@]}" "$BUILD/$name" "${args[@]}" >"$log" 2>&1
+    local -a wrap=()
+    # RUN_C_ULIMIT_V=KiB: run under that address-space limit (ulimit -v).
+    if [[ -n "${RUN_C_ULIMIT_V:-}" ]]; then
+        wrap=(bash -c 'ulimit -v "$0" && exec "$@"' "$RUN_C_ULIMIT_V")
+    fi
+    timeout "$limit" "${wrap[@]}" env LD_PRELOAD="$LIB" "${envs[@]}" "$BUILD/$name" "${args[@]}" >"$log" 2>&1
     rc=$?
     set -e
     if [[ $rc -eq 0 ]] && tail -n 1 "$log" | grep -Eq "^$label: [0-9]+ passed, 0 failed\$"; then
@@ -222,6 +228,10 @@ run_c() {
 
 run_c conformance conformance
 run_c stress stress
+# Under an address-space limit below the flat chunk map's 16 GiB
+# reservation (8 GiB), the map falls back to its radix form: every
+# allocation must still work (before the fallback, all of them failed).
+RUN_C_ULIMIT_V=8388608 RUN_C_NAME=stress-ulimit-v run_c stress stress
 run_c fork_threads fork
 run_c budget_enomem budget CHUNKMALLOC_BUDGET=64MiB
 run_c lifecycle lifecycle LIFECYCLE_LAST_ROUND_LEAK="${LIFECYCLE_LAST_ROUND_LEAK:-1}" -- "$PLUGIN"

@@ -16,6 +16,14 @@
 //! (`docs/PERF.md`): the heap keeps the base and entry count beside its
 //! bins ([`lookup_in`]), so `free` reads no global to find a chunk.
 //!
+//! Where the 16 GiB reservation is refused (an address-space limit,
+//! `ulimit -v`, below it), the map falls back to a two-level radix: a
+//! static top level of 32,768 leaf pointers, each leaf (512 KiB, 4 GiB of
+//! addresses, charged whole) mapped on first use. The choice is made once,
+//! before anything is registered. Heaps then get an empty view, so every
+//! `free` takes the out-of-line `free_miss`, which reads the radix through
+//! [`lookup`]: correct and slower (a call and two dependent loads more).
+//!
 //! Every granule of a live chunk maps to the chunk's header; a granule
 //! chunkmalloc never handed out maps to 0. Blocks are never made read-only
 //! again and the reservation is never unmapped, so a racing lookup can
@@ -23,7 +31,7 @@
 //! chunk being registered or unregistered; lookups use `Acquire` to see the
 //! header the registering thread initialised before its `Release` store.
 
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::os;
@@ -39,7 +47,7 @@ const MIN_BLOCK_ENTRIES: usize = MIN_BLOCK_BYTES / core::mem::size_of::<usize>()
 const BLOCKS: usize = ENTRIES / MIN_BLOCK_ENTRIES;
 
 /// Bytes of entries made writable (and charged) at a time: one page.
-pub fn block_bytes() -> usize {
+fn block_bytes() -> usize {
     os::page_size().max(MIN_BLOCK_BYTES)
 }
 
@@ -56,27 +64,52 @@ static LOCK: SpinLock = SpinLock::new();
 /// Number of blocks made writable (for statistics).
 static BLOCKS_WRITABLE: AtomicUsize = AtomicUsize::new(0);
 
-/// Makes the reservation if it is not made yet. False if the kernel
-/// refuses the address space.
+/// Which map is in use: not chosen yet, the flat array, or the radix.
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
+const MODE_UNSET: u8 = 0;
+const MODE_FLAT: u8 = 1;
+const MODE_RADIX: u8 = 2;
+
+/// The radix fallback: `TOP_LEN` leaf pointers, `LEAF_LEN` entries a leaf.
+const LEAF_BITS: u32 = 16;
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+const TOP_LEN: usize = ENTRIES >> LEAF_BITS;
+/// Bytes of one radix leaf.
+const LEAF_BYTES: usize = LEAF_LEN * core::mem::size_of::<usize>();
+type Leaf = [AtomicUsize; LEAF_LEN];
+static TOP: [AtomicPtr<Leaf>; TOP_LEN] = [const { AtomicPtr::new(core::ptr::null_mut()) }; TOP_LEN];
+/// Radix leaves mapped (for statistics).
+static LEAVES: AtomicUsize = AtomicUsize::new(0);
+
+/// Chooses the map, once: the flat reservation if the kernel grants it,
+/// else the radix. Called before the first heap record and the first
+/// registration; afterwards it only reads the choice.
 #[cold]
-pub fn reserve() -> bool {
-    if LEN.load(Ordering::Acquire) != 0 {
-        return true;
+pub fn reserve() {
+    if MODE.load(Ordering::Acquire) != MODE_UNSET {
+        return;
     }
     LOCK.lock();
-    if MAP.load(Ordering::Relaxed).is_null() {
+    if MODE.load(Ordering::Relaxed) == MODE_UNSET {
         let p = os::reserve_readonly(ENTRIES * core::mem::size_of::<usize>());
-        if !p.is_null() {
+        if p.is_null() {
+            MODE.store(MODE_RADIX, Ordering::Release);
+        } else {
             MAP.store(p.cast(), Ordering::Relaxed);
             LEN.store(ENTRIES, Ordering::Release);
+            MODE.store(MODE_FLAT, Ordering::Release);
         }
     }
     LOCK.unlock();
-    LEN.load(Ordering::Acquire) != 0
+}
+
+/// Whether the flat map is in use (false before [`reserve`]).
+fn flat() -> bool {
+    MODE.load(Ordering::Acquire) == MODE_FLAT
 }
 
 /// The base and entry count for [`lookup_in`] (null and 0 before
-/// [`reserve`]).
+/// [`reserve`], and with the radix fallback).
 pub fn view() -> (*const AtomicUsize, usize) {
     let len = LEN.load(Ordering::Acquire);
     (MAP.load(Ordering::Relaxed), len)
@@ -102,8 +135,61 @@ pub unsafe fn lookup_in(map: *const AtomicUsize, len: usize, addr: usize) -> usi
 #[inline(always)]
 pub fn lookup(addr: usize) -> usize {
     let len = LEN.load(Ordering::Acquire);
+    if len == 0 {
+        // The radix fallback (or nothing registered yet: every leaf null).
+        return radix_lookup(addr);
+    }
     // SAFETY: `MAP` and `LEN` are what `view` returns.
     unsafe { lookup_in(MAP.load(Ordering::Relaxed), len, addr) }
+}
+
+/// [`lookup`] in the radix fallback.
+#[cold]
+fn radix_lookup(addr: usize) -> usize {
+    let g = addr >> CHUNK_SHIFT;
+    if g >= ENTRIES {
+        return 0;
+    }
+    let leaf = TOP[g >> LEAF_BITS].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return 0;
+    }
+    // SAFETY: leaves are never unmapped once published; the index is
+    // below `LEAF_LEN` by the mask.
+    unsafe { (*leaf)[g & (LEAF_LEN - 1)].load(Ordering::Acquire) }
+}
+
+/// The radix leaf `top`, mapped (and charged) if absent. False if the
+/// budget or the kernel refuses.
+#[cold]
+fn make_leaf(top: usize) -> bool {
+    if !TOP[top].load(Ordering::Acquire).is_null() {
+        return true;
+    }
+    if !budget::GLOBAL.try_reserve(LEAF_BYTES) {
+        return false;
+    }
+    let fresh = os::map_aligned(LEAF_BYTES, os::page_size(), 0).cast::<Leaf>();
+    if fresh.is_null() {
+        budget::GLOBAL.release(LEAF_BYTES);
+        return false;
+    }
+    // Zeroed memory is a valid array of AtomicUsize(0).
+    let won = TOP[top]
+        .compare_exchange(
+            core::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok();
+    if won {
+        LEAVES.fetch_add(1, Ordering::Relaxed);
+    } else {
+        os::unmap(fresh.cast(), LEAF_BYTES);
+        budget::GLOBAL.release(LEAF_BYTES);
+    }
+    true
 }
 
 /// Makes block `b` (entries `b * entries ..`, `entries` per block) writable,
@@ -137,18 +223,21 @@ fn make_writable(b: usize, entries: usize) -> bool {
 /// Returns false (with nothing registered) if the range is above the
 /// map, or a block of entries could not be made writable.
 pub fn register(start: usize, len: usize, header: usize) -> bool {
-    if !reserve() {
-        return false;
-    }
+    reserve();
     let first = start >> CHUNK_SHIFT;
     let last = (start + len - 1) >> CHUNK_SHIFT;
     if last >= ENTRIES {
         return false;
     }
-    // Make all needed blocks writable first so failure leaves no partial
-    // entries.
-    let entries = block_bytes() / core::mem::size_of::<usize>();
-    if !(first / entries..=last / entries).all(|b| make_writable(b, entries)) {
+    // Make every needed block (or leaf) writable first so failure leaves
+    // no partial entries.
+    let ready = if flat() {
+        let entries = block_bytes() / core::mem::size_of::<usize>();
+        (first / entries..=last / entries).all(|b| make_writable(b, entries))
+    } else {
+        (first >> LEAF_BITS..=last >> LEAF_BITS).all(make_leaf)
+    };
+    if !ready {
         return false;
     }
     set_range(first, last, header);
@@ -162,15 +251,23 @@ pub fn unregister(start: usize, len: usize) {
 }
 
 fn set_range(first: usize, last: usize, value: usize) {
-    let map = MAP.load(Ordering::Relaxed);
-    check!(
-        !map.is_null() && last < ENTRIES,
-        "a registered range is in the map"
-    );
+    check!(last < ENTRIES, "a registered range is in the map");
+    if flat() {
+        let map = MAP.load(Ordering::Relaxed);
+        for g in first..=last {
+            // SAFETY: `register` made every block of the range writable
+            // before any entry was set, and blocks never become read-only
+            // again.
+            unsafe { (*map.add(g)).store(value, Ordering::Release) };
+        }
+        return;
+    }
     for g in first..=last {
-        // SAFETY: `register` made every block of the range writable before
-        // any entry was set, and blocks never become read-only again.
-        unsafe { (*map.add(g)).store(value, Ordering::Release) };
+        let leaf = TOP[g >> LEAF_BITS].load(Ordering::Acquire);
+        check!(!leaf.is_null(), "a registered range has its leaves");
+        // SAFETY: `register` mapped every leaf of the range before any
+        // entry was set, and leaves are never unmapped.
+        unsafe { (*leaf)[g & (LEAF_LEN - 1)].store(value, Ordering::Release) };
     }
 }
 
@@ -184,10 +281,11 @@ pub(crate) fn after_fork_child() {
     }
 }
 
-/// Number of blocks (pages) of entries made writable so far; each is
-/// [`block_bytes`] long.
-pub fn blocks() -> usize {
-    BLOCKS_WRITABLE.load(Ordering::Relaxed)
+/// Bytes the map has committed (and charged): the flat map's writable
+/// blocks, or the radix's leaves.
+pub fn metadata_bytes() -> usize {
+    BLOCKS_WRITABLE.load(Ordering::Relaxed) * block_bytes()
+        + LEAVES.load(Ordering::Relaxed) * LEAF_BYTES
 }
 
 #[cfg(test)]
@@ -196,7 +294,7 @@ mod tests {
 
     #[test]
     fn foreign_and_unmapped_addresses_map_to_nothing() {
-        assert!(reserve());
+        reserve();
         let on_stack = 0u64;
         assert_eq!(lookup(&on_stack as *const u64 as usize), 0);
         assert_eq!(lookup(0), 0);
@@ -216,7 +314,10 @@ mod tests {
     #[test]
     fn registered_ranges_resolve_every_granule_and_clear() {
         let len = 5 * (1 << CHUNK_SHIFT);
-        let p = os::map_aligned(len, 1 << CHUNK_SHIFT, 0) as usize;
+        // One granule more is mapped (and left unregistered), so that no
+        // chunk of a test running beside this one can sit right after the
+        // range.
+        let p = os::map_aligned(len + (1 << CHUNK_SHIFT), 1 << CHUNK_SHIFT, 0) as usize;
         assert!(register(p, len, 0xabc0));
         let (map, n) = view();
         for off in (0..len).step_by(4096) {
@@ -229,7 +330,7 @@ mod tests {
         for off in (0..len).step_by(4096) {
             assert_eq!(lookup(p + off), 0);
         }
-        os::unmap(p as *mut u8, len);
+        os::unmap(p as *mut u8, len + (1 << CHUNK_SHIFT));
     }
 
     #[test]

@@ -93,7 +93,7 @@ mod api {
         s.committed = budget::GLOBAL.committed();
         s.peak_committed = budget::GLOBAL.peak();
         s.mapped = s.committed + g.decommitted_bytes - g.decommitted_count * page;
-        s.metadata += chunk_map::blocks() * chunk_map::block_bytes();
+        s.metadata += chunk_map::metadata_bytes();
         // Read at slightly different instants: clamped.
         s.budget_live = s
             .committed

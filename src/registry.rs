@@ -116,10 +116,8 @@ pub fn acquire() -> *mut Heap {
 /// Carves a new heap record. Lock held by the caller.
 unsafe fn new_record(pid: i32, tid: i32) -> *mut Heap {
     // Every record keeps a view of the chunk map (its fast free path reads
-    // it), so the map is reserved before the first record.
-    if !chunk_map::reserve() {
-        return ptr::null_mut();
-    }
+    // it), so the map is chosen before the first record.
+    chunk_map::reserve();
     let size = core::mem::size_of::<Heap>().next_multiple_of(64);
     // SAFETY: lock held by the caller.
     let carve = unsafe { &mut *REGISTRY.carve.get() };
