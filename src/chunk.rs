@@ -18,7 +18,7 @@
 //! shared cache and the heap's pending list.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use crate::budget::Budget;
 use crate::os;
@@ -74,8 +74,12 @@ pub struct Chunk {
     /// Owner-only free list the fast path pops.
     pub free: *mut Block,
     /// Blocks handed out and not yet freed back to the owner (remote frees
-    /// not yet collected still count).
-    pub used: u32,
+    /// not yet collected still count). Written only by the owner (or the
+    /// holder of the chunk), with a relaxed load and store that compile to
+    /// plain moves; atomic so that `stats()`, holding the owner heap's
+    /// lock, may read it while the owner's fast paths run. See
+    /// [`Chunk::used`].
+    used: AtomicU32,
     _pad_flags: u8,
     /// Size class (slab).
     pub class: u8,
@@ -155,7 +159,7 @@ impl Chunk {
     const fn empty() -> Chunk {
         Chunk {
             free: ptr::null_mut(),
-            used: 0,
+            used: AtomicU32::new(0),
             _pad_flags: 0,
             class: 0,
             free_is_zero: false,
@@ -195,6 +199,28 @@ impl Chunk {
             (*c).fresh = fresh;
         }
         c
+    }
+
+    /// The chunk's `used` count (blocks out, uncollected remote frees
+    /// included).
+    ///
+    /// # Safety
+    /// `c` is a live chunk header.
+    #[inline(always)]
+    pub unsafe fn used(c: *mut Chunk) -> u32 {
+        // SAFETY: per the contract.
+        unsafe { (*c).used.load(Ordering::Relaxed) }
+    }
+
+    /// Sets `used` (a plain store: only the owner, or the chunk's
+    /// exclusive holder, writes it).
+    ///
+    /// # Safety
+    /// `c` is a live chunk header the caller owns or holds exclusively.
+    #[inline(always)]
+    pub unsafe fn set_used(c: *mut Chunk, n: u32) {
+        // SAFETY: per the contract.
+        unsafe { (*c).used.store(n, Ordering::Relaxed) }
     }
 
     /// Bytes of the chunk charged to the budget (see `Chunk::charged`).
@@ -248,7 +274,7 @@ impl Chunk {
             let base = c.cast::<u8>();
             let cap = ((*c).size - HEADER_SIZE) / block_size;
             (*c).free = ptr::null_mut();
-            (*c).used = 0;
+            Chunk::set_used(c, 0);
             (*c).class = class as u8;
             (*c).free_is_zero = false;
             (*c).block_size = block_size as u32;
@@ -428,7 +454,7 @@ impl Chunk {
             }
             (*c).free = t.head;
             (*c).free_is_zero = false;
-            (*c).used = (*c).used.wrapping_sub(t.count);
+            Chunk::set_used(c, Chunk::used(c).wrapping_sub(t.count));
             t.count
         }
     }
@@ -567,13 +593,13 @@ mod tests {
             while Chunk::refill(c, &B) {
                 let b = (*c).free;
                 (*c).free = (*b).next;
-                (*c).used += 1;
+                Chunk::set_used(c, Chunk::used(c) + 1);
                 assert_eq!((b as usize - c as usize - HEADER_SIZE) % 64, 0);
                 assert!(seen.insert(b as usize));
                 blocks.push(b);
             }
             assert_eq!(blocks.len(), (CHUNK_SIZE - HEADER_SIZE) / 64);
-            assert_eq!((*c).used as usize, blocks.len());
+            assert_eq!(Chunk::used(c) as usize, blocks.len());
             // Half freed remotely, half locally.
             for (i, &b) in blocks.iter().enumerate() {
                 if i % 2 == 0 {
@@ -581,11 +607,11 @@ mod tests {
                 } else {
                     (*b).next = (*c).local_free;
                     (*c).local_free = b;
-                    (*c).used -= 1;
+                    Chunk::set_used(c, Chunk::used(c) - 1);
                 }
             }
             assert!(Chunk::refill(c, &B));
-            assert_eq!((*c).used, 0, "remote frees are counted at collection");
+            assert_eq!(Chunk::used(c), 0, "remote frees are counted at collection");
             let len = |mut b: *mut Block| {
                 let mut n = 0;
                 while !b.is_null() {
@@ -601,10 +627,10 @@ mod tests {
             // Collecting into a non-empty free list appends.
             let extra = (*c).free;
             (*c).free = (*extra).next;
-            (*c).used += 1;
+            Chunk::set_used(c, Chunk::used(c) + 1);
             assert!(!Chunk::push_remote(c, extra));
             assert_eq!(Chunk::collect_remote(c), 1);
-            assert_eq!((*c).used, 0);
+            assert_eq!(Chunk::used(c), 0);
             assert_eq!(len((*c).free), blocks.len().div_ceil(2));
             os::unmap(c.cast(), CHUNK_SIZE);
         }
@@ -621,7 +647,7 @@ mod tests {
             let b2 = (*b1).next;
             (*c).free = ptr::null_mut();
             (*c).bump = (*c).end;
-            (*c).used = 2;
+            Chunk::set_used(c, 2);
             assert_eq!(Chunk::mark_full(c), MarkFull::Detached);
             assert!(Chunk::push_remote(c, b1), "first remote free notifies");
             assert!(!Chunk::push_remote(c, b2), "second does not");
@@ -632,12 +658,12 @@ mod tests {
             assert_eq!((t.count, t.state), (2, crate::remote::QUEUED));
             assert_eq!(t.head, b2);
             assert_eq!(Chunk::collect_pending(c), 2);
-            assert_eq!((*c).used, 0);
+            assert_eq!(Chunk::used(c), 0);
             assert_eq!((*c).remote.peek().state, crate::remote::NONE);
             Chunk::clear_flags(c, FLAG_FULL);
             // Remote free before mark_full: the owner keeps the chunk.
             (*c).free = ptr::null_mut();
-            (*c).used = 2;
+            Chunk::set_used(c, 2);
             assert!(!Chunk::push_remote(c, b1));
             assert_eq!(Chunk::mark_full(c), MarkFull::Retry);
             assert_eq!(Chunk::flags(c) & FLAG_FULL, 0);

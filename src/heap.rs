@@ -77,10 +77,12 @@ pub struct Heap {
     /// kept here so that the exported `malloc` reads it off the heap
     /// pointer it already has, not through the GOT.
     small_class: [u8; TABLE_MAX / OBJ_GRANULE + 1],
-    /// Blocks handed out per class (owner-written counter).
-    allocs: [AtomicUsize; NUM_CLASSES],
-    /// Blocks freed per class by this heap's thread, local or remote.
-    frees: [AtomicUsize; NUM_CLASSES],
+    /// Bytes of live blocks in this heap's detached (full) chunks: each
+    /// chunk's `used` times its block size, added when it is detached
+    /// and taken off when it comes back or is retired (under `lock`).
+    /// `stats()` walks the bins for the attached chunks, so the fast paths
+    /// count nothing.
+    detached_bytes: AtomicUsize,
     /// Per class, the attached slab chunks (first = current).
     bins: [Bin; NUM_CLASSES],
     /// Chunks whose notification a remote free claimed (detached full
@@ -132,8 +134,7 @@ impl Heap {
             map: ptr::null(),
             map_len: 0,
             small_class: crate::size_class::build_table(),
-            allocs: [ZERO; NUM_CLASSES],
-            frees: [ZERO; NUM_CLASSES],
+            detached_bytes: ZERO,
             bins: [Bin {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
@@ -260,6 +261,35 @@ unsafe fn bin_remove(heap: *mut Heap, cls: usize, c: *mut Chunk) {
         } else {
             bin.first
         };
+    }
+}
+
+/// Adds a chunk being detached (full) to the heap's `detached_bytes`.
+///
+/// # Safety
+/// The caller holds the heap's lock; `c` is a slab of `heap`.
+unsafe fn count_detached(heap: *mut Heap, c: *mut Chunk) {
+    // SAFETY: `detached_bytes` is written only under the heap lock.
+    unsafe {
+        bump(
+            &(*heap).detached_bytes,
+            Chunk::used(c) as usize * (*c).block_size as usize,
+        )
+    }
+}
+
+/// Takes a detached chunk that is coming back (reattached or retired)
+/// off the heap's `detached_bytes`, before its `used` changes.
+///
+/// # Safety
+/// As [`count_detached`]; `c` is detached (`FLAG_FULL`).
+unsafe fn uncount_detached(heap: *mut Heap, c: *mut Chunk) {
+    // SAFETY: as in `count_detached`.
+    unsafe {
+        bump(
+            &(*heap).detached_bytes,
+            (Chunk::used(c) as usize * (*c).block_size as usize).wrapping_neg(),
+        )
     }
 }
 
@@ -408,6 +438,7 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
             match Chunk::mark_full(c) {
                 MarkFull::Detached => {
                     bin_remove(heap, cls, c);
+                    count_detached(heap, c);
                     c = next;
                 }
                 // Remote frees arrived: the next refill collects them.
@@ -509,8 +540,7 @@ unsafe fn pop_current(heap: *mut Heap, cls: usize) -> *mut u8 {
         let b = (*c).free;
         if !b.is_null() {
             (*c).free = (*b).next;
-            (*c).used += 1;
-            bump((*heap).allocs.get_unchecked(cls), 1);
+            Chunk::set_used(c, Chunk::used(c) + 1);
         }
         b.cast()
     }
@@ -917,9 +947,6 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
                     p = Chunk::block_start(c, p);
                 }
                 GLOBALS.heapless_frees.fetch_add(1, Ordering::Relaxed);
-                GLOBALS
-                    .heapless_freed_bytes
-                    .fetch_add(class_size((*c).class as usize), Ordering::Relaxed);
                 push_remote(c, p.cast());
                 FreeResult::Done
             }
@@ -980,16 +1007,17 @@ unsafe fn free_found(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FastFree {
         let b = p.cast::<Block>();
         (*b).next = (*c).local_free;
         (*c).local_free = b;
-        // `class` < NUM_CLASSES for every slab (set by `init_slab`).
-        let cls = (*c).class as usize;
-        bump((*heap).frees.get_unchecked(cls), 1);
-        let used = (*c).used.wrapping_sub(1);
-        (*c).used = used;
+        let used = Chunk::used(c).wrapping_sub(1);
+        Chunk::set_used(c, used);
         // One sign test catches both the chunk's last block (0) and a
         // free into a chunk with no block out (wrapped to u32::MAX: a
         // double free; `used` is at most 4,088). The current chunk
-        // emptied by an alloc/free loop stays inline.
-        if (used as i32) <= 0 && (*(*heap).current.get_unchecked(cls) != c || used != 0) {
+        // emptied by an alloc/free loop stays inline; its class is read
+        // only then (`class` < NUM_CLASSES for every slab, set by
+        // `init_slab`).
+        if (used as i32) <= 0
+            && (used != 0 || *(*heap).current.get_unchecked((*c).class as usize) != c)
+        {
             return FastFree::Last(c);
         }
         FastFree::Done
@@ -1060,7 +1088,7 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
     // SAFETY: owner thread; attached chunk.
     unsafe {
         let cls = (*c).class as usize;
-        if (*c).used != 0 {
+        if Chunk::used(c) != 0 {
             // Nothing was out of this chunk: a double free. The push may
             // have linked the block to itself (it was the list head), but
             // with no block out every block of the chunk is free, so the
@@ -1071,8 +1099,7 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
             (*c).bump = c.cast::<u8>().add(HEADER_SIZE);
             (*c).fresh = false;
             (*c).free_is_zero = false;
-            (*c).used = 0;
-            bump(&(*heap).frees[cls], usize::MAX);
+            Chunk::set_used(c, 0);
             return FreeResult::Invalid;
         }
         if ((*heap).current[cls] != c || budget::GLOBAL.under_pressure()) && !Chunk::is_queued(c) {
@@ -1101,7 +1128,6 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
 pub unsafe fn free_remote_of(heap: *mut Heap, c: *mut Chunk, p: *mut u8) {
     // SAFETY: per the contract; `class` < NUM_CLASSES for every slab.
     unsafe {
-        bump((*heap).frees.get_unchecked((*c).class as usize), 1);
         bump(&(*heap).remote_frees, 1);
         push_remote(c, p.cast());
     }
@@ -1154,7 +1180,6 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 } else if is_empty(heap) {
                     return FreeResult::NeedsHeap;
                 } else {
-                    bump(&(*heap).frees[cls], 1);
                     bump(&(*heap).remote_frees, 1);
                     push_remote(c, b);
                 }
@@ -1214,24 +1239,28 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
 unsafe fn free_local_slow(heap: *mut Heap, c: *mut Chunk, b: *mut Block, cls: usize) -> FreeResult {
     // SAFETY: per the contract.
     unsafe {
-        if (*c).used == 0 {
+        if Chunk::used(c) == 0 {
             // Nothing is out of this chunk: a double free.
             return FreeResult::Invalid;
         }
         (*b).next = (*c).local_free;
         (*c).local_free = b;
-        (*c).used -= 1;
-        bump(&(*heap).frees[cls], 1);
+        Chunk::set_used(c, Chunk::used(c) - 1);
         if Chunk::flags(c) & FLAG_FULL != 0 {
+            bump(
+                &(*heap).detached_bytes,
+                ((*c).block_size as usize).wrapping_neg(),
+            );
             if Chunk::try_unfull(c) {
-                if (*c).used == 0 {
+                uncount_detached(heap, c);
+                if Chunk::used(c) == 0 {
                     retire(heap, c);
                 } else {
                     bin_push_back(heap, cls, c);
                 }
             }
             // else: queued on our pending list; handled there.
-        } else if (*c).used == 0 && (*heap).current[cls] != c && !Chunk::is_queued(c) {
+        } else if Chunk::used(c) == 0 && (*heap).current[cls] != c && !Chunk::is_queued(c) {
             bin_remove(heap, cls, c);
             retire(heap, c);
         }
@@ -1257,11 +1286,15 @@ pub(crate) unsafe fn process_pending(heap: *mut Heap) {
         let mut c = (*heap).pending.take_all();
         while !c.is_null() {
             let next = (*c).link.load(Ordering::Relaxed);
+            let full = Chunk::flags(c) & FLAG_FULL != 0;
+            if full {
+                uncount_detached(heap, c);
+            }
             Chunk::collect_pending(c);
             let cls = (*c).class as usize;
-            if Chunk::flags(c) & FLAG_FULL != 0 {
+            if full {
                 Chunk::clear_flags(c, FLAG_FULL);
-                if (*c).used == 0 {
+                if Chunk::used(c) == 0 {
                     retire_any(heap, c, abandoned);
                 } else {
                     bin_push_back(heap, cls, c);
@@ -1269,7 +1302,7 @@ pub(crate) unsafe fn process_pending(heap: *mut Heap) {
                         arm(heap, c);
                     }
                 }
-            } else if (*c).used == 0 && (abandoned || (*heap).bins[cls].first != c) {
+            } else if Chunk::used(c) == 0 && (abandoned || (*heap).bins[cls].first != c) {
                 bin_remove(heap, cls, c);
                 retire_any(heap, c, abandoned);
             } else if abandoned {
@@ -1318,7 +1351,7 @@ unsafe fn arm(heap: *mut Heap, c: *mut Chunk) {
                 // Claimed: it comes back through the pending stack.
                 return;
             }
-            if (*c).used == 0 {
+            if Chunk::used(c) == 0 {
                 bin_remove(heap, (*c).class as usize, c);
                 retire_to_global(heap, c);
                 return;
@@ -1344,7 +1377,10 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
             while !c.is_null() {
                 let next = (*c).next;
                 Chunk::collect_remote(c);
-                if (*c).used == 0 && (all || c != (*heap).bins[cls].first) && !Chunk::is_queued(c) {
+                if Chunk::used(c) == 0
+                    && (all || c != (*heap).bins[cls].first)
+                    && !Chunk::is_queued(c)
+                {
                     bin_remove(heap, cls, c);
                     retire(heap, c);
                 }
@@ -1422,9 +1458,10 @@ pub(crate) unsafe fn reclaim_live(heap: *mut Heap, now: u64, all: bool) -> bool 
             while !c.is_null() {
                 let next = (*c).link.load(Ordering::Relaxed);
                 let t = (*c).remote.peek();
-                if Chunk::flags(c) & FLAG_FULL != 0 && t.count == (*c).used {
+                if Chunk::flags(c) & FLAG_FULL != 0 && t.count == Chunk::used(c) {
+                    uncount_detached(heap, c);
                     (*c).remote.take_and_clear();
-                    (*c).used = 0;
+                    Chunk::set_used(c, 0);
                     Chunk::clear_flags(c, FLAG_FULL);
                     retire_to_global(heap, c);
                     freed = true;
@@ -1581,17 +1618,73 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
 // Statistics.
 // ---------------------------------------------------------------------------
 
-/// Adds one heap's counters into `s`; its live bytes into `in_use`.
+/// Bytes of live slab blocks in `h`'s chunks: every attached chunk's
+/// `used` less its uncollected remote frees, the detached chunks' bytes,
+/// less the remote frees into detached chunks (the first such free put
+/// the chunk on the pending stack, where the walk finds it).
 ///
 /// # Safety
-/// `h` is a heap record (records are never freed); only atomics are read.
+/// The caller holds `h`'s lock (bins and the pending stack's nodes change
+/// only under it; pushers only prepend).
+unsafe fn slab_bytes_in_use(h: *mut Heap) -> isize {
+    // A chunk's blocks out and, of those, the ones freed remotely and not
+    // yet collected, in bytes.
+    let out_and_remote = |c: *mut Chunk| {
+        // SAFETY: `c` is a live slab of `h` (see the caller's contract).
+        let (used, count, bs) =
+            unsafe { (Chunk::used(c), (*c).remote.peek().count, (*c).block_size) };
+        let bs = bs as isize;
+        (used as isize * bs, count.min(used) as isize * bs)
+    };
+    // SAFETY: per the contract; `used`, `remote` and the link words are
+    // atomics, the bin links are stable under the lock.
+    unsafe {
+        let mut bytes = (*h).detached_bytes.load(Ordering::Relaxed) as isize;
+        for cls in 0..NUM_CLASSES {
+            let mut c = (*h).bins[cls].first;
+            while !c.is_null() {
+                let (out, remote) = out_and_remote(c);
+                bytes += out - remote;
+                c = (*c).next;
+            }
+        }
+        let mut c = (*h).pending.head();
+        while !c.is_null() {
+            if Chunk::flags(c) & FLAG_FULL != 0 {
+                bytes -= out_and_remote(c).1;
+            }
+            c = (*c).link.load(Ordering::Acquire);
+        }
+        bytes
+    }
+}
+
+/// Adds one heap's counters into `s`; its live bytes into `in_use`.
+///
+/// Takes the heap's lock for the walk of its chunks ([`slab_bytes_in_use`]),
+/// waiting for it: the caller holds no heap lock. Two locks are only
+/// tried: an orphaned heap's (a thread that vanished in a `fork` may hold
+/// it for ever) and one the calling thread holds itself (`stats()` from a
+/// signal handler that interrupted a slow path); such a heap's slab bytes
+/// are left out of the snapshot.
+///
+/// # Safety
+/// `h` is a heap record (records are never freed).
 pub(crate) unsafe fn add_stats_of(h: *mut Heap, s: &mut crate::Stats, in_use: &mut isize) {
     // SAFETY: per the contract.
     unsafe {
-        for cls in 0..NUM_CLASSES {
-            let a = (*h).allocs[cls].load(Ordering::Relaxed) as isize;
-            let f = (*h).frees[cls].load(Ordering::Relaxed) as isize;
-            *in_use += a.wrapping_sub(f).wrapping_mul(class_size(cls) as isize);
+        let lock = &(*h).lock;
+        let wait = (*h).state.load(Ordering::Acquire) != STATE_ORPHANED
+            && lock.holder() != crate::sync::thread_id();
+        let locked = if wait {
+            lock.lock();
+            true
+        } else {
+            lock.try_lock()
+        };
+        if locked {
+            *in_use += slab_bytes_in_use(h);
+            lock.unlock();
         }
         *in_use += (*h).large_alloc_bytes.load(Ordering::Relaxed) as isize;
         *in_use -= (*h).large_free_bytes.load(Ordering::Relaxed) as isize;

@@ -64,6 +64,14 @@ impl<T: Linked> Stack<T> {
         }
     }
 
+    /// The first node, for a walk along the links by a reader that knows
+    /// no consumer can take the stack meanwhile (pushers only prepend, so
+    /// the nodes it reaches stay linked).
+    #[inline]
+    pub fn head(&self) -> *mut T {
+        self.head.load(Ordering::Acquire)
+    }
+
     /// Takes the whole stack: a list linked through `link`, null-terminated,
     /// now exclusively the caller's.
     #[inline]

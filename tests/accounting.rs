@@ -340,3 +340,76 @@ fn committed_returns_after_free_and_purge() {
         assert_eq!(s2.huge_chunks, s0.huge_chunks);
     });
 }
+
+/// Full (detached) chunks are counted exactly: blocks of one class filling
+/// several chunks; some freed by another thread (the chunks are detached,
+/// so they are queued on the pending stack, not yet collected), some freed
+/// here into those queued chunks, then the rest collected by further
+/// allocations. `in_use` is exact at every step.
+#[test]
+fn in_use_counts_full_chunks_exactly() {
+    in_child("in_use_counts_full_chunks_exactly", &[], || {
+        let size = 48;
+        let cs = class_size(size);
+        let n = 5000; // about four 64 KiB chunks of 48-byte blocks
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        // Every list is allocated before the baseline.
+        let mut ptrs: Vec<usize> = Vec::with_capacity(n);
+        let mut kept = Vec::with_capacity(n);
+        let mut gone = Vec::with_capacity(n);
+        let mut stay = Vec::with_capacity(n);
+        let mut more = Vec::with_capacity(n);
+        std::thread::scope(|sc| sc.spawn(|| ()).join().unwrap());
+        common::settle();
+        let start = in_use();
+        for _ in 0..n {
+            // SAFETY: non-zero size.
+            let p = unsafe { alloc(layout) };
+            assert!(!p.is_null());
+            ptrs.push(p as usize);
+        }
+        assert_eq!(in_use() - start, n * cs, "after filling the chunks");
+        for (i, &p) in ptrs.iter().enumerate() {
+            if i % 3 == 0 {
+                gone.push(p);
+            } else {
+                kept.push(p);
+            }
+        }
+        // Remote frees of every third block: most land in detached chunks.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for &p in &gone {
+                    // SAFETY: allocated above with `layout`, freed once.
+                    unsafe { dealloc(p as *mut u8, layout) };
+                }
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(in_use() - start, kept.len() * cs, "after remote frees");
+        // Local frees of every other kept block, into the queued chunks.
+        for (i, &p) in kept.iter().enumerate() {
+            if i % 2 == 0 {
+                // SAFETY: allocated above with `layout`, freed once.
+                unsafe { dealloc(p as *mut u8, layout) };
+            } else {
+                stay.push(p);
+            }
+        }
+        assert_eq!(in_use() - start, stay.len() * cs, "after local frees");
+        // More allocations collect the remote frees (the pending stack).
+        for _ in 0..n {
+            // SAFETY: non-zero size.
+            let p = unsafe { alloc(layout) };
+            assert!(!p.is_null());
+            more.push(p as usize);
+        }
+        assert_eq!(in_use() - start, (stay.len() + n) * cs, "after reuse");
+        for &p in stay.iter().chain(&more) {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { dealloc(p as *mut u8, layout) };
+        }
+        assert_eq!(in_use(), start, "after freeing everything");
+    });
+}
