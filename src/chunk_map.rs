@@ -226,7 +226,11 @@ pub fn register(start: usize, len: usize, header: usize) -> bool {
     reserve();
     let first = start >> CHUNK_SHIFT;
     let last = (start + len - 1) >> CHUNK_SHIFT;
-    if last >= ENTRIES {
+    // Granule 0 (addresses below 64 KiB) is never registered, so a lookup
+    // of the null pointer finds nothing and `free`'s fast path needs no
+    // null test of its own. No mapping starts there (`mmap_min_addr`), so
+    // this refuses nothing real.
+    if first == 0 || last >= ENTRIES {
         return false;
     }
     // Make every needed block (or leaf) writable first so failure leaves

@@ -56,6 +56,9 @@ const STATE_EMPTY: u8 = 0;
 /// Slow-path entries between two housekeeping ticks (`registry::tick`).
 const TICK_EVERY: usize = 16;
 
+/// Entries of `Heap::direct`: one per granule count up to [`TABLE_MAX`].
+const DIRECT_LEN: usize = TABLE_MAX / OBJ_GRANULE + 1;
+
 #[derive(Clone, Copy)]
 struct Bin {
     first: *mut Chunk,
@@ -73,10 +76,12 @@ pub struct Heap {
     /// free fast path reads no global.
     map: *const AtomicUsize,
     map_len: usize,
-    /// The class of every size up to 1 KiB (`size_class::build_table`),
-    /// kept here so that the exported `malloc` reads it off the heap
-    /// pointer it already has, not through the GOT.
-    small_class: [u8; TABLE_MAX / OBJ_GRANULE + 1],
+    /// `current` by size for every size up to 1 KiB, indexed by granule
+    /// count (entry 0 serves size 0): the exported `malloc` reads its
+    /// chunk off the heap pointer it already has, with no class lookup
+    /// (mimalloc's "direct pages"). Kept equal to `current[class_of(size)]`
+    /// by [`set_current`], the only writer of both.
+    direct: [*mut Chunk; DIRECT_LEN],
     /// Bytes of live blocks in this heap's detached (full) chunks: each
     /// chunk's `used` times its block size, added when it is detached
     /// and taken off when it comes back or is retired (under `lock`).
@@ -133,7 +138,7 @@ impl Heap {
             current: [current; NUM_CLASSES],
             map: ptr::null(),
             map_len: 0,
-            small_class: crate::size_class::build_table(),
+            direct: [current; DIRECT_LEN],
             detached_bytes: ZERO,
             bins: [Bin {
                 first: ptr::null_mut(),
@@ -216,7 +221,35 @@ unsafe fn bin_push_front(heap: *mut Heap, cls: usize, c: *mut Chunk) {
             (*bin.first).prev = c;
         }
         bin.first = c;
+        set_current(heap, cls, c);
+    }
+}
+
+/// Makes `c` the chunk the fast paths allocate class `cls` from, in
+/// `current` and, for classes up to 1 KiB, in every `direct` entry of a
+/// size of that class.
+///
+/// # Safety
+/// Owner with the heap lock (or a lock holder on an abandoned heap).
+#[inline]
+unsafe fn set_current(heap: *mut Heap, cls: usize, c: *mut Chunk) {
+    // SAFETY: per the contract; the granule range lies inside `direct`
+    // (checked by `hi < DIRECT_LEN`).
+    unsafe {
         (*heap).current[cls] = c;
+        let hi = class_size(cls) / OBJ_GRANULE;
+        if hi < DIRECT_LEN {
+            // Sizes of class `cls` have granule counts in (the previous
+            // class's, this class's]; class 0 also serves size 0.
+            let lo = if cls == 0 {
+                0
+            } else {
+                class_size(cls - 1) / OBJ_GRANULE + 1
+            };
+            for g in lo..=hi {
+                (*heap).direct[g] = c;
+            }
+        }
     }
 }
 
@@ -256,11 +289,12 @@ unsafe fn bin_remove(heap: *mut Heap, cls: usize, c: *mut Chunk) {
         }
         (*c).next = ptr::null_mut();
         (*c).prev = ptr::null_mut();
-        (*heap).current[cls] = if bin.first.is_null() {
+        let first = if bin.first.is_null() {
             EMPTY_CHUNK.as_ptr()
         } else {
             bin.first
         };
+        set_current(heap, cls, first);
     }
 }
 
@@ -528,15 +562,26 @@ pub unsafe fn malloc_fast(heap: *mut Heap, size: usize) -> *mut u8 {
 }
 
 /// Pops a block from the current chunk of class `cls` (null if it has
-/// none): the body of both inline allocation paths.
+/// none): the body of the inline allocation paths that know the class.
 ///
 /// # Safety
 /// As [`malloc_fast`]; `cls < NUM_CLASSES`.
 #[inline(always)]
 unsafe fn pop_current(heap: *mut Heap, cls: usize) -> *mut u8 {
     // SAFETY: as in `alloc_class`.
+    unsafe { pop_from(*(*heap).current.get_unchecked(cls)) }
+}
+
+/// Pops a block from `c` (null if its `free` list is empty).
+///
+/// # Safety
+/// `c` is a chunk the fast paths of the calling thread's heap allocate
+/// from: an attached slab of that heap, or the never-written empty chunk
+/// (whose `free` is null).
+#[inline(always)]
+unsafe fn pop_from(c: *mut Chunk) -> *mut u8 {
+    // SAFETY: per the contract, `c`'s `free` list is the owner's.
     unsafe {
-        let c = *(*heap).current.get_unchecked(cls);
         let b = (*c).free;
         if !b.is_null() {
             (*c).free = (*b).next;
@@ -546,10 +591,11 @@ unsafe fn pop_current(heap: *mut Heap, cls: usize) -> *mut u8 {
     }
 }
 
-/// [`malloc_fast`] for sizes up to 1 KiB only, with the class read from
-/// the heap's own table: the exported `malloc`'s inline part (mimalloc's
-/// shape: larger sizes take the out-of-line path, so the common case has
-/// one size test, one table load and no merge branch).
+/// [`malloc_fast`] for sizes up to 1 KiB only, with the chunk read from
+/// the heap's `direct` array: the exported `malloc`'s inline part
+/// (mimalloc's shape: larger sizes take the out-of-line path, so the
+/// common case has one size test, one load of the chunk by size and no
+/// class lookup).
 ///
 /// # Safety
 /// As [`malloc_fast`].
@@ -558,14 +604,10 @@ pub unsafe fn malloc_fast_small(heap: *mut Heap, size: usize) -> *mut u8 {
     if size > TABLE_MAX {
         return ptr::null_mut();
     }
-    // SAFETY: as in `alloc_class`; `size / 16` indexes the table (65
-    // entries for sizes up to 1 KiB) and its entries are class indices.
-    unsafe {
-        let cls = *(*heap)
-            .small_class
-            .get_unchecked(size.div_ceil(OBJ_GRANULE)) as usize;
-        pop_current(heap, cls)
-    }
+    // SAFETY: as in `alloc_class`; `size / 16` rounded up indexes
+    // `direct` (65 entries for sizes up to 1 KiB), whose entries are the
+    // current chunks of the sizes' classes (`set_current`).
+    unsafe { pop_from(*(*heap).direct.get_unchecked(size.div_ceil(OBJ_GRANULE))) }
 }
 
 /// Allocates `size` bytes aligned to 16.
@@ -977,8 +1019,9 @@ pub enum FastFree {
 /// shims compile to a leaf that tail-calls them.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap (or the empty heap); `p` is
-/// non-null and foreign or a live pointer from this allocator.
+/// `heap` is the calling thread's heap (or the empty heap); `p` is null
+/// (no chunk is registered at granule 0: a miss), foreign, or a live
+/// pointer from this allocator.
 #[inline(always)]
 pub unsafe fn free_fast(heap: *mut Heap, p: *mut u8) -> FastFree {
     // SAFETY: `heap` is a heap record or a static heap; `map` and
@@ -1712,4 +1755,63 @@ pub(crate) fn add_global_stats(s: &mut crate::Stats, mut in_use: isize) {
     s.remote_frees += GLOBALS.heapless_frees.load(Ordering::Relaxed);
     s.in_use = in_use.max(0) as usize;
     s.huge_chunks = GLOBALS.huge_count.load(Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `direct` entry is the current chunk of its size's class.
+    ///
+    /// # Safety
+    /// `h` is a heap record the calling thread owns.
+    unsafe fn assert_direct_matches(h: *mut Heap) {
+        for g in 0..DIRECT_LEN {
+            let cls = class_of(g * OBJ_GRANULE);
+            // SAFETY: per the contract.
+            let (d, c) = unsafe { ((*h).direct[g], (*h).current[cls]) };
+            assert_eq!(d, c, "direct entry for {} granules (class {cls})", g);
+        }
+    }
+
+    #[test]
+    fn direct_entries_follow_current_as_chunks_come_and_go() {
+        let h = registry::acquire();
+        assert!(!h.is_null());
+        // SAFETY: the record is this test's own; only this thread uses it.
+        unsafe {
+            assert_direct_matches(h);
+            let mut blocks = Vec::new();
+            // Enough blocks per size that chunks fill, are detached and
+            // new ones become current.
+            for size in 0..=TABLE_MAX {
+                for _ in 0..40 {
+                    let mut p = malloc_fast_small(h, size);
+                    if p.is_null() {
+                        p = malloc(h, size);
+                    }
+                    assert!(!p.is_null());
+                    let c = chunk_map::lookup(p as usize) as *mut Chunk;
+                    assert_eq!((*c).class as usize, class_of(size), "size {size}");
+                    blocks.push(p);
+                }
+                if size % 64 == 0 {
+                    assert_direct_matches(h);
+                }
+            }
+            assert_direct_matches(h);
+            // Freeing retires emptied chunks and moves `current`.
+            for (i, &p) in blocks.iter().enumerate().rev() {
+                assert_eq!(free(h, p), FreeResult::Done);
+                if i % 1000 == 0 {
+                    assert_direct_matches(h);
+                }
+            }
+            (*h).lock.lock();
+            collect(h, true);
+            (*h).lock.unlock();
+            assert_direct_matches(h);
+            registry::abandon(h);
+        }
+    }
 }

@@ -430,32 +430,20 @@ fn report_failure(size: usize) {
 }
 
 /// Frees `p` (null is a no-op). Reports pointers chunkmalloc never handed
-/// out and leaves them alone.
+/// out and leaves them alone. The owner's push is inline; every other
+/// case is a tail call to an out-of-line path, so no registers are saved
+/// on the way. Null takes no test of its own: the chunk map never
+/// registers granule 0 (`chunk_map::register`), so its lookup misses and
+/// `free_miss` returns.
 ///
 /// # Safety
 /// `p` is null, a live pointer from chunkmalloc, or a pointer into memory
 /// chunkmalloc never handed out.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: forwarded contract; `p` is not null.
-    unsafe { free_nonnull(p) }
-}
-
-/// Frees a non-null `p` (the `GlobalAlloc::dealloc` path, which is never
-/// handed null). The owner's push is inline; every other case is a tail
-/// call to an out-of-line path, so no registers are saved on the way.
-///
-/// # Safety
-/// As [`free`], and `p` is not null.
-#[inline(always)]
-pub unsafe fn free_nonnull(p: *mut u8) {
-    check!(!p.is_null(), "dealloc is never handed null");
     let h = current();
-    // SAFETY: `h` is this thread's heap; `p` is live or foreign, and each
-    // out-of-line path is handed what `free_fast` found.
+    // SAFETY: `h` is this thread's heap; `p` is null, live or foreign,
+    // and each out-of-line path is handed what `free_fast` found.
     unsafe {
         match heap::free_fast(h, p) {
             heap::FastFree::Done => {}
@@ -466,15 +454,30 @@ pub unsafe fn free_nonnull(p: *mut u8) {
     }
 }
 
-/// A pointer the heap's view of the chunk map does not know: foreign, or
-/// freed by a thread without a heap (whose view is empty). Looked up again
-/// in the global map.
+/// Frees a non-null `p` (the `GlobalAlloc::dealloc` path, which is never
+/// handed null): [`free`].
 ///
 /// # Safety
 /// As [`free`], and `p` is not null.
+#[inline(always)]
+pub unsafe fn free_nonnull(p: *mut u8) {
+    check!(!p.is_null(), "dealloc is never handed null");
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// A pointer the heap's view of the chunk map does not know: null (a
+/// no-op), foreign, or freed by a thread without a heap (whose view is
+/// empty). Looked up again in the global map.
+///
+/// # Safety
+/// As [`free`].
 #[cold]
 #[inline(never)]
 unsafe fn free_miss(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
     // SAFETY: forwarded contract.
     let r = unsafe { heap::free(current(), p) };
     if r != FreeResult::Done {

@@ -189,15 +189,21 @@ fn claimed_notification_keeps_the_chunk_until_queued() {
 #[test]
 fn queued_chunk_of_an_adopted_heap_waits_for_its_pending_push() {
     let _g = setup();
-    // The freer takes a heap first, so that it does not adopt A's.
+    // The freer takes a heap first, so that it does not adopt A's: A is
+    // started only once the freer has its heap (on a loaded machine the
+    // freer's first allocation could otherwise come after A's exit, adopt
+    // A's heap, and its free would be local: it would never park).
     let (tx, rx) = mpsc::channel::<()>();
     let (blk_tx, blk_rx) = mpsc::channel::<usize>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let freer = std::thread::spawn(move || {
         drop(std::hint::black_box(vec![0u8; 64]));
+        ready_tx.send(()).unwrap();
         let first = blk_rx.recv().unwrap();
         free_block(first); // claims the armed chunk, parks before queuing
         tx.send(()).unwrap();
     });
+    ready_rx.recv().unwrap();
     // Thread A: a few blocks in one attached chunk, then exit (abandon).
     let (base, blocks) = std::thread::spawn(|| {
         let mut v = Vec::new();
