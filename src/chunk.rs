@@ -354,8 +354,16 @@ impl Chunk {
             if avail == 0 {
                 return false;
             }
-            let mut want = (os::page_size() / bs).clamp(1, 256).min(avail);
             let first = (*c).bump;
+            // The blocks that end within the page `first` lies in (at least
+            // one): carving writes a link into each, so a page's worth
+            // counted from `first` would reach into the next page. A
+            // chunk's first carve then stays in the header's page, the
+            // only page a lightly used chunk touches (a full page's worth
+            // from offset 128 touched two).
+            let page = os::page_size();
+            let page_end = (first as usize & !(page - 1)) + page;
+            let mut want = ((page_end - first as usize) / bs).clamp(1, 256).min(avail);
             let base = c as usize;
             let reach = first as usize + want * bs - base;
             if !Chunk::charge_to(c, reach, budget) {
