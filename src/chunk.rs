@@ -355,15 +355,20 @@ impl Chunk {
                 return false;
             }
             let first = (*c).bump;
-            // The blocks that end within the page `first` lies in (at least
-            // one): carving writes a link into each, so a page's worth
-            // counted from `first` would reach into the next page. A
-            // chunk's first carve then stays in the header's page, the
-            // only page a lightly used chunk touches (a full page's worth
-            // from offset 128 touched two).
+            // The blocks that end within the page `first` lies in, or, when
+            // the first block crosses into the next page, within that next
+            // page (at least one block): carving writes a link into each,
+            // so a page's worth counted from `first` would reach into a
+            // page beyond. A chunk's first carve then stays in the header's
+            // page, the only page a lightly used chunk touches (a full
+            // page's worth from offset 128 touched two); later carves come
+            // about once a page, as before.
             let page = os::page_size();
-            let page_end = (first as usize & !(page - 1)) + page;
-            let mut want = ((page_end - first as usize) / bs).clamp(1, 256).min(avail);
+            let mut limit = (first as usize & !(page - 1)) + page;
+            if first as usize + bs > limit {
+                limit += page;
+            }
+            let mut want = ((limit - first as usize) / bs).clamp(1, 256).min(avail);
             let base = c as usize;
             let reach = first as usize + want * bs - base;
             if !Chunk::charge_to(c, reach, budget) {
