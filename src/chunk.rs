@@ -336,9 +336,11 @@ impl Chunk {
         }
     }
 
-    /// Carves up to a page's worth (at least one block) of never-used blocks
-    /// into `free`, charging `budget` for the pages they reach that were not
-    /// charged yet. Returns false if the bump area is exhausted, or if the
+    /// Carves up to a page's worth of never-used blocks into `free` (the
+    /// blocks that end in the page the cursor is in, or in the next page
+    /// when the first block crosses into it; at least one), charging
+    /// `budget` for the pages they reach that were not charged yet.
+    /// Returns false if the bump area is exhausted, or if the
     /// budget refuses and no whole block lies in pages already charged
     /// (then `bump < end` still).
     ///
