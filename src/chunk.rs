@@ -362,9 +362,11 @@ impl Chunk {
         }
     }
 
-    /// Carves up to a page's worth (at least one block) of never-used blocks
-    /// into `free`, charging `budget` for the pages they reach that were not
-    /// charged yet. Returns false if the bump area is exhausted, or if the
+    /// Carves up to a page's worth of never-used blocks into `free` (the
+    /// blocks that end in the page the cursor is in, or in the next page
+    /// when the first block crosses into it; at least one), charging
+    /// `budget` for the pages they reach that were not charged yet.
+    /// Returns false if the bump area is exhausted, or if the
     /// budget refuses and no whole block lies in pages already charged
     /// (then `bump < end` still).
     ///
@@ -380,8 +382,21 @@ impl Chunk {
             if avail == 0 {
                 return false;
             }
-            let mut want = (os::page_size() / bs).clamp(1, 256).min(avail);
             let first = (*c).bump;
+            // The blocks that end within the page `first` lies in, or, when
+            // the first block crosses into the next page, within that next
+            // page (at least one block): carving writes a link into each,
+            // so a page's worth counted from `first` would reach into a
+            // page beyond. A chunk's first carve then stays in the header's
+            // page, the only page a lightly used chunk touches (a full
+            // page's worth from offset 128 touched two); later carves come
+            // about once a page, as before.
+            let page = os::page_size();
+            let mut limit = (first as usize & !(page - 1)) + page;
+            if first as usize + bs > limit {
+                limit += page;
+            }
+            let mut want = ((limit - first as usize) / bs).clamp(1, 256).min(avail);
             let base = c as usize;
             let reach = first as usize + want * bs - base;
             if !Chunk::charge_to(c, reach, budget) {

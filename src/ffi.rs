@@ -8,10 +8,10 @@
 //! alignments, overflow checks in `calloc`/`reallocarray`/`pvalloc`, and
 //! `free` never changing `errno` (the OS layer restores `errno` around
 //! every syscall it makes). Nothing here allocates through the system
-//! allocator: the library's own Rust code allocates through chunkmalloc
-//! (its `#[global_allocator]`), and messages are written with the raw
-//! `write` system call, which (unlike libc's `write`) is not a
-//! cancellation point.
+//! allocator: the library's own Rust code does not allocate (where it
+//! links std, std allocates through chunkmalloc, its `#[global_allocator]`),
+//! and messages are written with the raw `write` system call, which
+//! (unlike libc's `write`) is not a cancellation point.
 //!
 //! Pointers chunkmalloc never handed out (found through the chunk map) are
 //! reported on stderr with their address (the first 16 times) and:

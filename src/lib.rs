@@ -12,6 +12,22 @@
 //! ones listed before it (`os` → `budget`/`stats`/`config` → `size_class` →
 //! `chunk_map` → `chunk` → `provider` → `heap` → `thread` → shims).
 
+// The preload library (`ffi`, built with `panic = "abort"`) is `no_std`, so
+// that no std code and no `libgcc_s` is loaded into every process (see
+// `preload/src/lib.rs`); this crate is then `no_std` too, wherever the heap
+// pointer needs no std `thread_local!` (`thread::tls`). Tests and
+// unwinding builds keep std.
+#![cfg_attr(
+    all(
+        feature = "ffi",
+        panic = "abort",
+        not(test),
+        target_arch = "x86_64",
+        target_os = "linux",
+        not(feature = "dynamic-tls")
+    ),
+    no_std
+)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Checks an internal invariant in debug builds. A violation writes a

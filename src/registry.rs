@@ -74,8 +74,7 @@ static NEXT_SWEEP_MS: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread's process and thread ids.
 fn ids() -> (i32, i32) {
-    // SAFETY: getpid and gettid have no preconditions and do not allocate.
-    unsafe { (libc::getpid(), libc::gettid()) }
+    (os::getpid(), os::gettid())
 }
 
 /// A heap for the calling thread: an abandoned one if any (adopted whole),
@@ -217,12 +216,7 @@ fn thread_is_gone(h: *mut Heap) -> bool {
     if tid <= 0 || pid != ids().0 {
         return false;
     }
-    let saved = os::errno();
-    // SAFETY: signal 0 only checks that the thread exists.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
-    let gone = r != 0 && os::errno() == libc::ESRCH;
-    os::set_errno(saved);
-    gone
+    os::thread_gone(pid, tid)
 }
 
 /// Empties an abandoned heap's pending stack and caches into the global

@@ -106,11 +106,7 @@ mod lock {
                         core::hint::spin_loop();
                         spins += 1;
                     } else {
-                        // SAFETY: sched_yield has no preconditions and does
-                        // not allocate.
-                        unsafe {
-                            libc::sched_yield();
-                        }
+                        crate::os::yield_now();
                     }
                 }
                 if self
