@@ -413,3 +413,105 @@ fn in_use_counts_full_chunks_exactly() {
         assert_eq!(in_use(), start, "after freeing everything");
     });
 }
+
+/// `stats()` walks every heap's chunks under that heap's lock while the
+/// owners allocate and free, locally and across threads (blocks handed to
+/// the next worker through a mailbox): it must neither crash nor hang, its
+/// `in_use` stays within what can be live at once, and once the workers
+/// are done it is exact again.
+#[test]
+fn in_use_sampled_while_threads_churn() {
+    in_child("in_use_sampled_while_threads_churn", &[], || {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        const WORKERS: usize = 4;
+        const HELD: usize = 256;
+        const BATCH: usize = 32;
+        const MAX: usize = 4 * KIB;
+        // Everything the workers use is allocated before the baseline.
+        let mailboxes: Vec<Mutex<Vec<(usize, usize)>>> = (0..WORKERS)
+            .map(|_| Mutex::new(Vec::with_capacity(64 * BATCH)))
+            .collect();
+        let mut helds: Vec<Vec<(usize, usize)>> =
+            (0..WORKERS).map(|_| Vec::with_capacity(HELD + 1)).collect();
+        let mut outs: Vec<Vec<(usize, usize)>> =
+            (0..WORKERS).map(|_| Vec::with_capacity(BATCH)).collect();
+        let stop = AtomicBool::new(false);
+        let samples = AtomicUsize::new(0);
+        std::thread::scope(|sc| sc.spawn(|| ()).join().unwrap());
+        common::settle();
+        let start = in_use();
+        // Live at once: each worker's held blocks and outgoing batch, and
+        // what the mailboxes hold (at most 64 batches each, see below).
+        let bound = WORKERS * (HELD + BATCH + 64 * BATCH) * MAX;
+        let free = |(p, s): (usize, usize)| {
+            // SAFETY: allocated below with this size and alignment 8.
+            unsafe { dealloc(p as *mut u8, Layout::from_size_align(s, 8).unwrap()) }
+        };
+        std::thread::scope(|sc| {
+            let mut handles = Vec::new();
+            for (id, (held, out)) in helds.iter_mut().zip(outs.iter_mut()).enumerate() {
+                let (mailboxes, free) = (&mailboxes, &free);
+                handles.push(sc.spawn(move || {
+                    let mut rng = Rng::new(id as u64 + 7);
+                    for round in 0..20_000 {
+                        let s = rng.log_size(1, MAX);
+                        // SAFETY: non-zero size.
+                        let p = unsafe { alloc(Layout::from_size_align(s, 8).unwrap()) };
+                        assert!(!p.is_null());
+                        held.push((p as usize, s));
+                        if held.len() > HELD {
+                            let i = rng.range(0, held.len() - 1);
+                            let b = held.swap_remove(i);
+                            if out.len() < BATCH {
+                                out.push(b);
+                            } else {
+                                free(b);
+                            }
+                        }
+                        if round % 64 == 0 {
+                            // Hand the batch to the next worker (if its
+                            // mailbox has room) and free what was handed
+                            // to us: remote frees.
+                            let mut next = mailboxes[(id + 1) % WORKERS].lock().unwrap();
+                            if next.len() + out.len() <= next.capacity() {
+                                next.append(out);
+                            }
+                            drop(next);
+                            let mut mine = mailboxes[id].lock().unwrap();
+                            while let Some(b) = mine.pop() {
+                                free(b);
+                            }
+                        }
+                    }
+                    for b in held.drain(..).chain(out.drain(..)) {
+                        free(b);
+                    }
+                }));
+            }
+            let sampler = sc.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let u = in_use();
+                    assert!(
+                        u <= start + bound,
+                        "in_use {u} over everything that can be live ({})",
+                        start + bound
+                    );
+                    samples.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            for h in handles {
+                h.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            sampler.join().unwrap();
+        });
+        for m in &mailboxes {
+            for b in m.lock().unwrap().drain(..) {
+                free(b);
+            }
+        }
+        assert!(samples.load(Ordering::Relaxed) > 0);
+        assert_eq!(in_use(), start, "after every worker freed everything");
+    });
+}

@@ -7,6 +7,8 @@
 //!   lost, and no freer touches the chunk after the owner may retire it
 //!   (a chunk header is a loom `UnsafeCell`: an access that is not ordered
 //!   before the owner's retirement is reported as a race);
+//! * an abandoned heap's armed chunk claimed by a remote free while
+//!   another thread adopts the heap and empties the chunk;
 //! * the chunk stack's push against two consumers that each take the
 //!   whole stack (the owner and a reclaiming thread);
 //! * the budget reservation against racing reservers.
@@ -168,6 +170,56 @@ fn local_unfull_against_remote_claim() {
         }
         // Either way the owner may now retire: nobody else touches it.
         w.chunk.header.with_mut(|h| unsafe { *h = 0 });
+    });
+}
+
+/// An attached chunk of an abandoned heap is armed (`make_abandoned`); a
+/// remote free claims it while a thread adopts the heap (`adopt`:
+/// `try_disarm`), collects the chunk and finds it empty. The adopter
+/// retires it at once only if it is not queued (`Chunk::is_queued`);
+/// a queued one it retires when it comes off the pending stack
+/// (`process_pending`). Either way the claimer's write of the chunk (its
+/// stack link) is ordered before the retirement: without the `is_queued`
+/// check loom reports the race (the defect `tests/remote_free_race.rs`
+/// parks a thread for).
+#[test]
+fn adoption_against_remote_claim_of_an_armed_chunk() {
+    loom::model(|| {
+        let w = Arc::new(World::new());
+        assert!(w.chunk.remote.try_arm(), "abandonment arms the chunk");
+        let b = block();
+        let f = {
+            let w = w.clone();
+            thread::spawn(move || remote_free(&w, b))
+        };
+        // The adopter takes the notification back unless it was claimed.
+        let disarmed = w.chunk.remote.try_disarm();
+        let mut used = 1u32;
+        loop {
+            // Collection of an attached chunk keeps the state.
+            used -= w.chunk.remote.take().count;
+            if used == 0 {
+                if w.chunk.remote.peek().state != chunkmalloc::remote::QUEUED {
+                    break;
+                }
+                // Queued: it comes back through the pending stack.
+                if !w.pending.take_all().is_null() {
+                    let t = w.chunk.remote.take_and_clear();
+                    assert_eq!(t.count, 0, "the block was collected before");
+                    break;
+                }
+            }
+            thread::yield_now();
+        }
+        // Retire: the adopter rewrites the header.
+        w.chunk.header.with_mut(|h| unsafe { *h = 0 });
+        f.join().unwrap();
+        let claims = w.claims.load(Ordering::Relaxed);
+        assert_eq!(
+            claims,
+            usize::from(!disarmed),
+            "claimed exactly when not disarmed"
+        );
     });
 }
 
