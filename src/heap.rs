@@ -59,6 +59,36 @@ const TICK_EVERY: usize = 16;
 /// Entries of `Heap::direct`: one per granule count up to [`TABLE_MAX`].
 const DIRECT_LEN: usize = TABLE_MAX / OBJ_GRANULE + 1;
 
+const _: () = assert!(NUM_CLASSES <= 128, "bin_mask has a bit per class");
+
+/// The classes whose bins held a chunk when the walk began, lowest first
+/// (a snapshot of `Heap::bin_mask`: a walk that empties bins goes on).
+struct BinClasses(u128);
+
+impl Iterator for BinClasses {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let cls = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(cls)
+    }
+}
+
+/// The classes with attached chunks.
+///
+/// # Safety
+/// The owner, or a holder of the heap's lock.
+#[inline]
+unsafe fn bin_classes(heap: *mut Heap) -> BinClasses {
+    // SAFETY: per the contract.
+    BinClasses(unsafe { (*heap).bin_mask })
+}
+
 #[derive(Clone, Copy)]
 struct Bin {
     first: *mut Chunk,
@@ -90,6 +120,11 @@ pub struct Heap {
     detached_bytes: AtomicUsize,
     /// Per class, the attached slab chunks (first = current).
     bins: [Bin; NUM_CLASSES],
+    /// Bit `cls` set while `bins[cls]` holds a chunk (under `lock`, with
+    /// the bins): the walks over every bin (collection, abandonment,
+    /// adoption, statistics) visit only those, so a thread that used one
+    /// class pays for one at attach and exit, not for all 80.
+    bin_mask: u128,
     /// Chunks whose notification a remote free claimed (detached full
     /// chunks; in an abandoned heap, any chunk).
     pub(crate) pending: ChunkStack,
@@ -144,6 +179,7 @@ impl Heap {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
             }; NUM_CLASSES],
+            bin_mask: 0,
             pending: ChunkStack::new(),
             provider: Provider::new(OsPages, &budget::GLOBAL, &GLOBAL_CACHE),
             lock: SpinLock::new(),
@@ -217,6 +253,7 @@ unsafe fn bin_push_front(heap: *mut Heap, cls: usize, c: *mut Chunk) {
         (*c).next = bin.first;
         if bin.first.is_null() {
             bin.last = c;
+            (*heap).bin_mask |= 1 << cls;
         } else {
             (*bin.first).prev = c;
         }
@@ -290,6 +327,7 @@ unsafe fn bin_remove(heap: *mut Heap, cls: usize, c: *mut Chunk) {
         (*c).next = ptr::null_mut();
         (*c).prev = ptr::null_mut();
         let first = if bin.first.is_null() {
+            (*heap).bin_mask &= !(1 << cls);
             EMPTY_CHUNK.as_ptr()
         } else {
             bin.first
@@ -1415,7 +1453,7 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
     // SAFETY: owner thread, lock held.
     unsafe {
         process_pending(heap);
-        for cls in 0..NUM_CLASSES {
+        for cls in bin_classes(heap) {
             let mut c = (*heap).bins[cls].first;
             while !c.is_null() {
                 let next = (*c).next;
@@ -1448,7 +1486,7 @@ pub(crate) unsafe fn make_abandoned(heap: *mut Heap) {
         collect(heap, true);
         (*heap).provider.flush();
         (*heap).state.store(STATE_ABANDONED, Ordering::Release);
-        for cls in 0..NUM_CLASSES {
+        for cls in bin_classes(heap) {
             let mut c = (*heap).bins[cls].first;
             while !c.is_null() {
                 let next = (*c).next;
@@ -1468,7 +1506,7 @@ pub(crate) unsafe fn make_abandoned(heap: *mut Heap) {
 pub(crate) unsafe fn adopt(heap: *mut Heap) {
     // SAFETY: per the contract.
     unsafe {
-        for cls in 0..NUM_CLASSES {
+        for cls in bin_classes(heap) {
             let mut c = (*heap).bins[cls].first;
             while !c.is_null() {
                 (*c).remote.try_disarm();
@@ -1683,7 +1721,7 @@ unsafe fn slab_bytes_in_use(h: *mut Heap) -> isize {
     // atomics, the bin links are stable under the lock.
     unsafe {
         let mut bytes = (*h).detached_bytes.load(Ordering::Relaxed) as isize;
-        for cls in 0..NUM_CLASSES {
+        for cls in bin_classes(h) {
             let mut c = (*h).bins[cls].first;
             while !c.is_null() {
                 let (out, remote) = out_and_remote(c);

@@ -793,6 +793,9 @@ impl<A: Allocator + 'static> Provider<A> {
     /// # Safety
     /// The caller holds the heap lock.
     unsafe fn flush_local(&self) {
+        if self.local_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut list: *mut Chunk = ptr::null_mut();
         // SAFETY: heap lock held.
         for head in unsafe { self.local() }.iter_mut() {
