@@ -39,10 +39,10 @@ mod sys {
     #[inline(always)]
     pub unsafe fn call(nr: libc::c_long, a: [usize; 6]) -> isize {
         let r: isize;
-        // SAFETY: the Linux x86-64 system call ABI: number in rax, arguments
-        // in rdi, rsi, rdx, r10, r8, r9; the kernel clobbers rcx and r11
-        // and touches no stack memory of ours. What the call itself does is
-        // the caller's contract.
+        // The Linux x86-64 system call ABI: number in rax, arguments in rdi,
+        // rsi, rdx, r10, r8, r9; the kernel clobbers rcx and r11.
+        // SAFETY: the kernel touches no stack memory of ours; what the
+        // call itself does is the caller's contract.
         unsafe {
             core::arch::asm!(
                 "syscall",
