@@ -170,7 +170,15 @@ fn on_thread_exit(h: *mut Heap) {
             dso_symbol: *mut libc::c_void,
         ) -> libc::c_int;
     }
-    if os::gettid() == os::getpid() {
+    // SAFETY: `h` is a heap record; `registry::acquire` stored the
+    // calling thread's ids in it.
+    let (pid, tid) = unsafe {
+        (
+            (*h).pid.load(Ordering::Relaxed),
+            (*h).tid.load(Ordering::Relaxed),
+        )
+    };
+    if tid == pid {
         return;
     }
     // SAFETY: glibc (2.18 and later) provides the function; the DSO symbol
