@@ -6,8 +6,9 @@
 //! Every function is a thin mapping onto `thread`'s entry points plus the
 //! C contract: `errno = ENOMEM` with `NULL` on failure, `EINVAL` for bad
 //! alignments, overflow checks in `calloc`/`reallocarray`/`pvalloc`, and
-//! `free` never changing `errno` (the OS layer restores `errno` around
-//! every syscall it makes). Nothing here allocates through the system
+//! `free` never changing `errno` (the OS layer's system calls leave
+//! `errno` alone: raw `syscall`s on x86-64 Linux, `errno` restored
+//! elsewhere). Nothing here allocates through the system
 //! allocator: the library's own Rust code does not allocate (where it
 //! links std, std allocates through chunkmalloc, its `#[global_allocator]`),
 //! and messages are written with the raw `write` system call, which

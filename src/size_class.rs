@@ -63,7 +63,7 @@ const fn units_of_class(c: usize) -> usize {
 }
 
 /// The class of every size up to [`TABLE_MAX`], by granule count (entry 0
-/// serves size 0); heaps keep a copy beside their bins.
+/// serves size 0).
 pub const fn build_table() -> [u8; TABLE_MAX / OBJ_GRANULE + 1] {
     let mut t = [0u8; TABLE_MAX / OBJ_GRANULE + 1];
     let mut i = 1;

@@ -40,24 +40,22 @@ pub use chunkmalloc_core::ffi::*;
 #[global_allocator]
 static GLOBAL: chunkmalloc_core::ChunkMalloc = chunkmalloc_core::ChunkMalloc;
 
-// Without std nothing else asks for libc; `-lc` through the compiler
-// driver also brings glibc's `libc_nonshared.a` (`atexit` lives there).
+/// What a `no_std` library needs that std would bring: libc, and a panic
+/// handler.
 #[cfg(all(
     panic = "abort",
     target_arch = "x86_64",
     target_os = "linux",
     not(feature = "dynamic-tls")
 ))]
-#[link(name = "c")]
-extern "C" {}
+mod no_std_runtime {
+    // Without std nothing else asks for libc; `-lc` through the compiler
+    // driver also brings glibc's `libc_nonshared.a` (`atexit` lives there).
+    #[link(name = "c")]
+    extern "C" {}
 
-#[cfg(all(
-    panic = "abort",
-    target_arch = "x86_64",
-    target_os = "linux",
-    not(feature = "dynamic-tls")
-))]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    chunkmalloc_core::os::fatal("panic inside the allocator")
+    #[panic_handler]
+    fn panic(_: &core::panic::PanicInfo) -> ! {
+        chunkmalloc_core::os::fatal("panic inside the allocator")
+    }
 }
