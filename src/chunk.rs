@@ -119,7 +119,7 @@ pub struct Chunk {
     /// or beyond it is committed: it was never touched since the mapping
     /// was made, or it was decommitted. Written by whoever holds the chunk
     /// exclusively, or by its owner (slab carving, under the heap lock).
-    /// Chunk-class chunks are at most 8 MiB, so 32 bits hold it.
+    /// Chunk-class chunks are at most 2.25 MiB, so 32 bits hold it.
     pub charged: u32,
     /// Link for [`ChunkStack`]s and the global cache.
     pub link: AtomicPtr<Chunk>,

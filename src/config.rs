@@ -18,6 +18,7 @@ pub const DEFAULT_PURGE_DELAY_MS: u64 = 100;
 
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
 static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 /// 0 = not read, 1 = reading, 2 = done.
 static STATE: AtomicU8 = AtomicU8::new(0);
@@ -83,6 +84,7 @@ fn apply(entry: &[u8]) {
             Some(n) => PURGE_DELAY_MS.store(n as u64, Ordering::Relaxed),
             None => report_bad(name, value),
         },
+        b"CHUNKMALLOC_HUGE_PAGES" => HUGE_PAGES.store(parse_bool(value), Ordering::Relaxed),
         b"CHUNKMALLOC_SHOW_STATS" => SHOW_STATS.store(parse_bool(value), Ordering::Relaxed),
         b"CHUNKMALLOC_VERBOSE" => VERBOSE.store(parse_bool(value), Ordering::Relaxed),
         _ => {}
@@ -143,6 +145,21 @@ pub fn set_purge_delay_ms(ms: u64) {
     PURGE_DELAY_MS.store(ms, Ordering::Relaxed);
 }
 
+/// Whether huge mappings (objects above 2.25 MiB) ask the kernel for
+/// transparent huge pages (`MADV_HUGEPAGE`; on by default, off with
+/// `CHUNKMALLOC_HUGE_PAGES=0`). Only whole 2 MiB-aligned stretches inside
+/// such a mapping become huge pages, so an object's resident size grows by
+/// less than 2 MiB over what it touches at most per untouched 2 MiB stretch;
+/// a program that touches large buffers sparsely may want it off.
+pub fn huge_pages() -> bool {
+    HUGE_PAGES.load(Ordering::Relaxed)
+}
+
+/// Sets whether huge mappings ask for transparent huge pages.
+pub fn set_huge_pages(on: bool) {
+    HUGE_PAGES.store(on, Ordering::Relaxed);
+}
+
 /// Whether to print statistics at exit.
 pub fn show_stats() -> bool {
     SHOW_STATS.load(Ordering::Relaxed)
@@ -172,6 +189,8 @@ fn print_config() {
     };
     buf.push(b" purge_delay_ms=");
     buf.push_num(purge_delay_ms());
+    buf.push(b" huge_pages=");
+    buf.push_num(huge_pages() as u64);
     buf.push(b" show_stats=");
     buf.push_num(show_stats() as u64);
     buf.push(b"\n");

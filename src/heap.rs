@@ -31,7 +31,7 @@ use crate::chunk::{
 };
 use crate::chunk_map;
 use crate::os::{self, OsPages};
-use crate::provider::{mark_cached, Provider, GLOBAL_CACHE};
+use crate::provider::{mark_cached, Provider, GLOBAL_CACHE, HUGE_SLOTS};
 use crate::registry;
 use crate::size_class::{
     chunk_class_of, class_of, class_size, slab_chunk_size, CHUNK_SIZE, MAX_CHUNK_CLASS_SIZE,
@@ -744,7 +744,7 @@ fn object_offset(align: usize) -> usize {
 }
 
 /// Allocates one object in an oversized chunk (cached by the provider) or,
-/// above 8 MiB or for alignments above 64 KiB, in its own mapping.
+/// above 2.25 MiB or for alignments above 64 KiB, in its own mapping.
 ///
 /// # Safety
 /// As [`malloc`].
@@ -788,32 +788,57 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
 }
 
 /// Maps a huge object: header at a 64 KiB-aligned base, object at
-/// `base + off`. A recently freed huge mapping is reused (resized with
-/// `mremap`, so its resident pages need no new faults), also for zeroed
-/// requests: clearing resident pages costs less than faulting fresh ones.
+/// `base + off`. Freed huge mappings are reused before anything is mapped
+/// (their pages are resident, so they need no new faults; for zeroed
+/// requests too, since clearing resident pages costs less than faulting
+/// fresh ones):
+/// - the smallest cached mapping that fits is split, its tail going back
+///   to the cache when it could hold a huge object ([`split_huge`]);
+/// - otherwise the cached mappings are gathered into one ([`gather_huge`]),
+///   and only what they lack is faulted in.
+///
+/// Measured with 20 live buffers of 5-25 MiB replaced at random 2,000
+/// times, each zero-filled (`docs/PERF.md`, "Cycling large buffers"):
+/// handing the one freed mapping to the next request, grown or shrunk to
+/// its size, faulted 430k pages; splitting and gathering faults 168k
+/// (glibc 647k, tcmalloc 132k, which keeps every page).
 fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     let off = object_offset(align);
     let Some(len) = os::align_up_checked(off + size, CHUNK_SIZE) else {
         return ptr::null_mut();
     };
     if align <= CHUNK_SIZE {
-        let c = GLOBAL_CACHE.take_huge(len);
-        if !c.is_null() {
-            // SAFETY: `c` is a cached mapping, exclusively ours now.
-            let have = unsafe { (*c).size };
-            let target = reuse_target(have, len);
-            // SAFETY: as above.
-            let base = unsafe { reuse_huge(c, target) };
-            if !base.is_null() {
-                if zero {
-                    // Only the part that was mapped before may hold old
-                    // data; pages a growth added are fresh zero pages.
-                    let dirty = have.min(off + size);
-                    // SAFETY: `[off, dirty)` lies inside the mapping.
-                    unsafe { base.add(off).write_bytes(0, dirty.saturating_sub(off)) };
+        let mut pieces = [ptr::null_mut(); HUGE_SLOTS];
+        let n = GLOBAL_CACHE.take_huge(len, &mut pieces);
+        if n > 0 {
+            // SAFETY: the pieces are cached mappings, exclusively ours now.
+            let (c, dirty) = unsafe {
+                let have = (*pieces[0]).size;
+                if n == 1 && have >= len {
+                    split_huge(pieces[0], len);
+                    (pieces[0], (*pieces[0]).size)
+                } else if n == 1 {
+                    // Smaller than the need: grown in place (or moved),
+                    // faulting only the added pages.
+                    (reuse_huge(pieces[0], len).cast(), have)
+                } else {
+                    gather_huge(&pieces[..n], len)
                 }
-                // SAFETY: `base` holds the header; the mapping is `target` long.
-                unsafe { return finish_huge(base.cast(), off, size) };
+            };
+            if !c.is_null() {
+                if zero {
+                    // Only the part that came from the cache may hold old
+                    // data; the rest is fresh zero pages.
+                    let dirty = dirty.min(off + size);
+                    // SAFETY: `[off, dirty)` lies inside the mapping.
+                    unsafe {
+                        c.cast::<u8>()
+                            .add(off)
+                            .write_bytes(0, dirty.saturating_sub(off))
+                    };
+                }
+                // SAFETY: `c` heads a registered mapping of at least `len`.
+                unsafe { return finish_huge(c, off, size) };
             }
         }
     }
@@ -821,7 +846,7 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     }
     let base = if align <= CHUNK_SIZE {
-        os::map_aligned(len, CHUNK_SIZE, 0)
+        map_huge(len)
     } else {
         os::map_aligned(len, align, CHUNK_SIZE)
     };
@@ -840,27 +865,112 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     unsafe { finish_huge(c, off, size) }
 }
 
-/// The length a cached huge mapping of `have` bytes is given for a request
-/// of `len` bytes.
+/// Maps `len` bytes for a huge object, aligned to a huge page so that its
+/// interior can be backed by transparent huge pages (asked for unless
+/// `config::huge_pages()` is off). A 25 MiB buffer then faults 13 times
+/// instead of 6,400: `large_blocks` ran in 0.11 s instead of 0.30 s
+/// (`docs/PERF.md`).
+fn map_huge(len: usize) -> *mut u8 {
+    let p = os::map_aligned(len, os::HUGE_PAGE, 0);
+    if !p.is_null() && crate::config::huge_pages() {
+        os::advise_huge_pages(p, len);
+    }
+    p
+}
+
+/// Cuts a cached huge mapping `c` (at least `len` bytes) down to `len`
+/// when the rest could hold a huge object (over 2.25 MiB): the rest becomes a cached mapping of
+/// its own (its pages stay resident for the next request), or is unmapped
+/// when the cache has no room. A smaller rest stays with `c`.
 ///
-/// A mapping up to 2.5 times the need is used as it is: its tail stays
-/// resident, ready for the next, larger request (a program cycling buffers
-/// of varying size frees one and allocates the next, so the one freed
-/// mapping is often all the cache holds, and shrinking it only means
-/// faulting the pages in again at the next growth). A larger one is
-/// shrunk, bounding the resident slack of a live object to 1.5 times its
-/// size; a smaller one is grown, faulting only the added pages. Measured
-/// with 20 live buffers replaced at random 1,000 times, each zero-filled
-/// (`docs/PERF.md`): at 9–25 MiB, shrinking above 2x faulted 485k pages,
-/// this rule 233k, never shrinking 126k (glibc 376k), peak RSS 1.0x,
-/// 1.0x and 1.03x glibc's; at 5–25 MiB 467k, 365k, 278k (glibc 334k) with
-/// peak RSS 1.01x, 1.05x and 1.14x.
-#[inline]
-fn reuse_target(have: usize, len: usize) -> usize {
-    if have >= len && have / 5 * 2 <= len {
-        have
-    } else {
-        len
+/// # Safety
+/// `c` is a cached huge mapping owned by the caller, registered in the
+/// chunk map and fully counted in the budget.
+unsafe fn split_huge(c: *mut Chunk, len: usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        let have = (*c).size;
+        if have - len < MAX_CHUNK_CLASS_SIZE {
+            return;
+        }
+        let tail = c.cast::<u8>().add(len);
+        // The tail's first bytes are ours (inside `c`, no object in it).
+        let t = Chunk::init_cached(tail, have - len, false);
+        // Its granules are registered already (to `c`), so their map
+        // blocks exist and re-pointing them cannot fail.
+        chunk_map::register(tail as usize, have - len, t as usize);
+        (*c).size = len;
+        let live = GLOBALS.huge_bytes.load(Ordering::Relaxed);
+        if !GLOBAL_CACHE.put_huge(t, os::now_ms(), live) {
+            drop_huge(t);
+        }
+    }
+}
+
+/// Gathers cached huge mappings (together short of `len` bytes, or
+/// exceeding it only through the last) into one new mapping of `len`
+/// bytes: each one's pages are moved into place with `mremap`, which
+/// copies nothing; the last is split first if it has more than is needed.
+/// Returns the new header (null, with every piece unmapped, if no mapping
+/// could be made) and how many bytes from its start may hold old data.
+///
+/// # Safety
+/// Each piece is a cached huge mapping owned by the caller, registered in
+/// the chunk map and fully counted in the budget.
+unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) {
+    // SAFETY: per the contract; each piece is handed on (moved, split
+    // back into the cache, or dropped) exactly once.
+    unsafe {
+        let t = if budget::GLOBAL.try_reserve(len) {
+            let t = map_huge(len);
+            if t.is_null() {
+                budget::GLOBAL.release(len);
+            }
+            t
+        } else {
+            ptr::null_mut()
+        };
+        if t.is_null() {
+            for &c in pieces {
+                drop_huge(c);
+            }
+            return (ptr::null_mut(), 0);
+        }
+        let mut at = 0;
+        let mut dirty = 0;
+        for &c in pieces {
+            let need = len - at;
+            if need == 0 {
+                drop_huge(c);
+                continue;
+            }
+            split_huge(c, need.min((*c).size));
+            let n = (*c).size.min(need);
+            if n < (*c).size {
+                // A rest too small for a huge object, which split_huge left: not worth a slot.
+                chunk_map::unregister(c as usize + n, (*c).size - n);
+                os::unmap(c.cast::<u8>().add(n), (*c).size - n);
+                budget::GLOBAL.release((*c).size - n);
+            }
+            // Unregistered before the move: the old range is given up.
+            chunk_map::unregister(c as usize, n);
+            if os::remap_to(c.cast(), n, n, t.add(at)) {
+                dirty = at + n;
+            } else {
+                // Left as fresh pages of the target; the piece is freed.
+                os::unmap(c.cast(), n);
+            }
+            // The target's reservation covers these bytes now.
+            budget::GLOBAL.release(n);
+            at += n;
+        }
+        let c = Chunk::init_cached(t, len, dirty == 0);
+        if !chunk_map::register(t as usize, len, c as usize) {
+            os::unmap(t, len);
+            budget::GLOBAL.release(len);
+            return (ptr::null_mut(), 0);
+        }
+        (c, dirty)
     }
 }
 
@@ -898,7 +1008,7 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 
             base
         } else {
             let t = if can_move {
-                os::map_aligned(new_len, CHUNK_SIZE, 0)
+                map_huge(new_len)
             } else {
                 ptr::null_mut()
             };

@@ -243,6 +243,22 @@ pub fn decommit(p: *mut u8, len: usize) {
     }
 }
 
+/// The size of a transparent huge page on x86-64 and aarch64 (with 4 KiB
+/// base pages): huge mappings are aligned to it so that their interior can
+/// be backed by huge pages.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Asks the kernel to back `[p, p+len)` with transparent huge pages where
+/// it can (`MADV_HUGEPAGE`). Only advice: where THP is disabled or no huge
+/// page is free, the range keeps base pages.
+pub fn advise_huge_pages(p: *mut u8, len: usize) {
+    let advice = libc::MADV_HUGEPAGE as usize;
+    // SAFETY: advice on a range the caller mapped; it changes no contents.
+    unsafe {
+        sys::call(libc::SYS_madvise, [p as usize, len, advice, 0, 0, 0]);
+    }
+}
+
 /// Resizes a mapping without moving it; false on failure (the old mapping
 /// then stays intact).
 pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {

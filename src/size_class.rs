@@ -10,8 +10,8 @@
 //!   1 KiB use a lookup table, larger ones a leading-zero count. Each class
 //!   has a slab chunk size: the smallest multiple of 64 KiB that holds the
 //!   header and 4 blocks.
-//! * Chunk classes: `g` = 64 KiB (the chunk granule), 40 classes from 64 KiB
-//!   to 8 MiB, used by the provider's caches.
+//! * Chunk classes: `g` = 64 KiB (the chunk granule), 25 classes from 64 KiB
+//!   to 2.25 MiB, used by the provider's caches.
 
 /// Bytes in an object granule; also the minimum alignment of every block.
 pub const OBJ_GRANULE: usize = 16;
@@ -34,11 +34,13 @@ pub const MIN_SLAB_BLOCKS: usize = 4;
 /// The most blocks a slab chunk holds (16-byte blocks in a 64 KiB chunk):
 /// a chunk's `used` count is always at most this.
 pub const MAX_SLAB_BLOCKS: u32 = ((CHUNK_SIZE - SLAB_HEADER) / OBJ_GRANULE) as u32;
-/// Number of chunk classes (64 KiB .. 8 MiB).
-pub const NUM_CHUNK_CLASSES: usize = 40;
+/// Number of chunk classes (64 KiB .. 2.25 MiB).
+pub const NUM_CHUNK_CLASSES: usize = 25;
 /// Largest footprint an oversized (cacheable) chunk may have; larger
-/// objects are huge mappings.
-pub const MAX_CHUNK_CLASS_SIZE: usize = 8 * 1024 * 1024;
+/// objects are huge mappings. The first class above 2 MiB, so that a
+/// 2 MiB object with its header is still charged by the page, not by the
+/// 64 KiB granule of a huge mapping.
+pub const MAX_CHUNK_CLASS_SIZE: usize = 2304 * 1024;
 
 /// Class index of a size measured in granules (`units >= 1`).
 #[inline]

@@ -32,7 +32,7 @@ fn class_size(size: usize) -> usize {
 }
 
 /// Request sizes covering every regime: tiny, each side of the 128 B exact
-/// classes, medium slabs, the 64 KiB slab limit, large, the 8 MiB limit,
+/// classes, medium slabs, the 64 KiB slab limit, large, the 2.25 MiB limit,
 /// huge.
 fn fixed_sizes() -> Vec<usize> {
     vec![
@@ -50,9 +50,10 @@ fn fixed_sizes() -> Vec<usize> {
         64 * KIB + 1,
         100 * KIB,
         MIB,
+        2 * MIB,
+        2304 * KIB - 128,
+        2304 * KIB - 127,
         5 * MIB,
-        8 * MIB - 128,
-        8 * MIB - 127,
         10 * MIB,
         20 * MIB,
     ]

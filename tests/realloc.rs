@@ -1,7 +1,7 @@
 //! realloc: growth from 1 B to 64 MiB in steps (x1.5 and +1) and shrinking
 //! back, contents preserved at every step; realloc across the class
 //! boundaries (slab / oversized chunk at 64 KiB, oversized / huge mapping
-//! at 8 MiB) in both directions; `usable_size >= requested` everywhere.
+//! at 2.25 MiB) in both directions; `usable_size >= requested` everywhere.
 
 mod common;
 
@@ -174,7 +174,10 @@ fn grow_from_1b_to_64m_and_back_aligned_4k() {
     grow_and_shrink(4096, 0x4321);
 }
 
-/// Sizes around the 64 KiB (slab max) and 8 MiB (oversized chunk max; the
+/// Largest footprint of an oversized chunk; above it objects are huge.
+const LARGE_MAX: usize = 2304 * KIB;
+
+/// Sizes around the 64 KiB (slab max) and 2.25 MiB (oversized chunk max; the
 /// object's footprint includes its header, 128 B or the alignment) limits.
 /// At alignments above 1 only the sizes either side of that alignment's
 /// footprint limit are big, to keep the quadratic sweep cheap.
@@ -185,11 +188,11 @@ fn boundary_sizes(align: usize) -> Vec<usize> {
     }
     if align == 1 {
         for d in [-129isize, -128, -127, 0, 1] {
-            v.push((8 * MIB as isize + d) as usize);
+            v.push((LARGE_MAX as isize + d) as usize);
         }
         v.push(20 * MIB);
     } else {
-        let last_large = 8 * MIB - align.clamp(128, 64 * KIB);
+        let last_large = LARGE_MAX - align.clamp(128, 64 * KIB);
         v.extend([last_large, last_large + 1]);
     }
     v
@@ -219,15 +222,16 @@ fn realloc_across_class_boundaries() {
 }
 
 /// Single-byte steps up and then down across each boundary: the slab limit
-/// (64 KiB), the oversized-chunk limit for the object's footprint (8 MiB
-/// minus the header: 128 B, or the alignment when larger) and 8 MiB itself.
+/// (64 KiB), the oversized-chunk limit for the object's footprint (2.25 MiB
+/// minus the header: 128 B, or the alignment when larger) and 2.25 MiB
+/// itself.
 #[test]
 fn single_byte_steps_across_boundaries() {
     for (center, align, header) in [
         (64 * KIB, 1, 0),
         (64 * KIB, 256, 256),
-        (8 * MIB, 1, 128),
-        (8 * MIB, 4096, 4096),
+        (LARGE_MAX, 1, 128),
+        (LARGE_MAX, 4096, 4096),
     ] {
         // Positions walked one byte at a time: around `center - header`
         // and around `center`.

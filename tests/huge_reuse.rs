@@ -1,0 +1,182 @@
+//! Freed huge mappings (objects above 2 MiB) serve later requests of any
+//! size without faulting their pages in again, and huge mappings ask for
+//! transparent huge pages. Each scenario runs in its own child process
+//! (with a long purge delay, so nothing cached is purged while it runs, and
+//! without transparent huge pages where faults are counted, so that one
+//! fault is one 4 KiB page).
+//!
+//! * Two freed mappings are gathered (their pages moved, not copied) into
+//!   one for a larger zeroed request: it reads zero and faults almost
+//!   nothing.
+//! * One large freed mapping is split: a small request takes its head, and
+//!   a later request takes the rest without faults.
+//! * With `CHUNKMALLOC_HUGE_PAGES` on (the default) a huge object's mapping
+//!   is eligible for transparent huge pages where the kernel offers them
+//!   on request; with it off, it is not.
+
+mod common;
+
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
+
+use common::{check, fill, first_nonzero, in_child, MIB};
+
+#[global_allocator]
+static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
+
+/// Minor page faults of this process so far.
+fn minor_faults() -> i64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0);
+    ru.ru_minflt
+}
+
+/// Allocates `size` bytes and writes every byte.
+fn dirty(size: usize) -> *mut u8 {
+    let l = Layout::from_size_align(size, 16).unwrap();
+    // SAFETY: non-zero size; checked for null.
+    let p = unsafe { alloc(l) };
+    assert!(!p.is_null());
+    // SAFETY: `p` holds `size` bytes.
+    unsafe { p.write_bytes(0x5A, size) };
+    p
+}
+
+fn free(p: *mut u8, size: usize) {
+    // SAFETY: allocated with this layout by `dirty` or the test.
+    unsafe { dealloc(p, Layout::from_size_align(size, 16).unwrap()) };
+}
+
+const ENV: &[(&str, &str)] = &[
+    ("CHUNKMALLOC_PURGE_DELAY_MS", "600000"),
+    ("CHUNKMALLOC_HUGE_PAGES", "0"),
+];
+
+/// A fresh mapping would fault every page of the object (3,072 for
+/// 12 MiB); moved pages are resident already. What the test itself
+/// touches (its stack, a page of a slab) is far below this bound.
+const FEW_FAULTS: i64 = 256;
+
+#[test]
+fn freed_mappings_are_gathered_for_a_larger_request() {
+    in_child(
+        "freed_mappings_are_gathered_for_a_larger_request",
+        ENV,
+        || {
+            let (a, b) = (dirty(6 * MIB), dirty(8 * MIB));
+            free(a, 6 * MIB);
+            free(b, 8 * MIB);
+            let f0 = minor_faults();
+            let size = 12 * MIB;
+            let l = Layout::from_size_align(size, 16).unwrap();
+            // SAFETY: non-zero size; checked for null; accessed within `size`.
+            unsafe {
+                let c = alloc_zeroed(l);
+                assert!(!c.is_null());
+                let s = std::slice::from_raw_parts_mut(c, size);
+                assert_eq!(first_nonzero(s), None, "gathered dirty pages not zeroed");
+                fill(s, 12);
+                let faults = minor_faults() - f0;
+                assert!(
+                    faults < FEW_FAULTS,
+                    "{faults} faults: the freed mappings were not reused"
+                );
+                assert!(chunkmalloc::usable_size(c) >= size);
+                check(s, 12, "gathered object");
+                dealloc(c, l);
+            }
+        },
+    );
+}
+
+#[test]
+fn a_large_freed_mapping_is_split_for_smaller_requests() {
+    in_child(
+        "a_large_freed_mapping_is_split_for_smaller_requests",
+        ENV,
+        || {
+            free(dirty(24 * MIB), 24 * MIB);
+            let f0 = minor_faults();
+            let small = dirty(4 * MIB);
+            let rest = dirty(16 * MIB);
+            let faults = minor_faults() - f0;
+            assert!(
+                faults < FEW_FAULTS,
+                "{faults} faults: the rest of the split mapping was not reused"
+            );
+            assert!(
+                small.wrapping_add(4 * MIB) <= rest || rest.wrapping_add(16 * MIB) <= small,
+                "overlapping objects"
+            );
+            free(small, 4 * MIB);
+            free(rest, 16 * MIB);
+        },
+    );
+}
+
+/// `THPeligible` of the mapping in /proc/self/smaps that contains `p`.
+fn thp_eligible(p: *const u8) -> Option<bool> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let addr = p as usize;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= addr && addr < hi;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("THPeligible:") {
+                return Some(v.trim() == "1");
+            }
+        }
+    }
+    None
+}
+
+/// Whether the kernel gives transparent huge pages to ranges that ask.
+fn thp_on_request() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .map(|s| s.contains("[madvise]") || s.contains("[always]"))
+        .unwrap_or(false)
+}
+
+fn huge_object_eligibility() -> Option<bool> {
+    let size = 20 * MIB;
+    let p = dirty(size);
+    // The middle of the object: whole 2 MiB-aligned stretches lie there.
+    let e = thp_eligible(p.wrapping_add(size / 2));
+    free(p, size);
+    e
+}
+
+#[test]
+fn huge_mappings_ask_for_huge_pages() {
+    in_child("huge_mappings_ask_for_huge_pages", &[], || {
+        assert!(chunkmalloc::config::huge_pages());
+        if thp_on_request() {
+            assert_eq!(huge_object_eligibility(), Some(true));
+        }
+    });
+}
+
+#[test]
+fn huge_pages_off_from_environment() {
+    in_child(
+        "huge_pages_off_from_environment",
+        &[("CHUNKMALLOC_HUGE_PAGES", "0")],
+        || {
+            assert!(!chunkmalloc::config::huge_pages());
+            let always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .map(|s| s.contains("[always]"))
+                .unwrap_or(false);
+            if !always {
+                assert_ne!(huge_object_eligibility(), Some(true));
+            }
+        },
+    );
+}
