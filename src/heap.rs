@@ -900,9 +900,25 @@ unsafe fn split_huge(c: *mut Chunk, len: usize) {
         // blocks exist and re-pointing them cannot fail.
         chunk_map::register(tail as usize, have - len, t as usize);
         (*c).size = len;
-        let live = GLOBALS.huge_bytes.load(Ordering::Relaxed);
-        if !GLOBAL_CACHE.put_huge(t, os::now_ms(), live) {
-            drop_huge(t);
+        cache_huge(t, os::now_ms());
+    }
+}
+
+/// Offers huge mapping `c` to the global cache and unmaps what the cache
+/// does not keep: `c` itself, or smaller mappings it displaced.
+///
+/// # Safety
+/// `c` is a huge mapping with no live object, referenced by nothing else,
+/// registered in the chunk map and fully counted in the budget.
+unsafe fn cache_huge(c: *mut Chunk, now: u64) {
+    let live = GLOBALS.huge_bytes.load(Ordering::Relaxed);
+    // SAFETY: per the contract; what put_huge returns is ours to unmap.
+    unsafe {
+        let mut d = GLOBAL_CACHE.put_huge(c, now, live);
+        while !d.is_null() {
+            let next = (*d).link.load(Ordering::Relaxed);
+            drop_huge(d);
+            d = next;
         }
     }
 }
@@ -976,7 +992,7 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
 
 /// Resizes the mapping of chunk `c` (header at its 64 KiB-aligned base) to
 /// `new_len` bytes: in place when the kernel can, else (with `can_move`)
-/// by moving its pages onto a fresh 64 KiB-aligned target with
+/// by moving its pages onto a fresh target ([`map_huge`]) with
 /// `mremap(MREMAP_FIXED)`, which copies nothing. Keeps the chunk map and
 /// the budget exact. Returns the new base, or null with the old mapping
 /// intact, registered and counted as before.
@@ -1023,12 +1039,21 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 
                 chunk_map::register(base as usize, old, c as usize);
                 return ptr::null_mut();
             }
-            if !os::remap_to(base, old, new_len, t) {
+            // Moved at its own length: the kernel cannot resize a range
+            // that spans several VMAs (a gathered mapping does, one per
+            // piece: `gather_huge`), and the target's own pages already
+            // cover the rest.
+            let moved = old.min(new_len);
+            if !os::remap_to(base, moved, moved, t) {
                 chunk_map::unregister(t as usize, new_len);
                 os::unmap(t, new_len);
                 undo_growth();
                 chunk_map::register(base as usize, old, c as usize);
                 return ptr::null_mut();
+            }
+            if moved < old {
+                // Unregistered above with the rest of the old range.
+                os::unmap(base.add(moved), old - moved);
             }
             t
         };
@@ -1411,10 +1436,7 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                     .fetch_sub((*c).obj_size, Ordering::Relaxed);
                 GLOBALS.huge_count.fetch_sub(1, Ordering::Relaxed);
                 let now = os::now_ms();
-                let live = GLOBALS.huge_bytes.load(Ordering::Relaxed);
-                if !GLOBAL_CACHE.put_huge(c, now, live) {
-                    drop_huge(c);
-                }
+                cache_huge(c, now);
                 crate::provider::purge_global(now, false);
                 FreeResult::Done
             }

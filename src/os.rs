@@ -187,16 +187,20 @@ pub fn map_aligned(len: usize, align: usize, offset: usize) -> *mut u8 {
     if align <= page && offset % align == 0 {
         return map_raw(len);
     }
-    // First try an exact-size mapping: the kernel often hands out addresses
-    // that already satisfy 64 KiB alignment when earlier mappings were.
-    let p = map_raw(len);
-    if p.is_null() {
-        return p;
+    // Up to 64 KiB, first try an exact-size mapping: the kernel often hands
+    // out addresses that already satisfy the alignment when earlier
+    // mappings were. At a huge page's alignment that rarely holds (it
+    // missed for most huge mappings), so those are over-mapped at once.
+    if align < HUGE_PAGE {
+        let p = map_raw(len);
+        if p.is_null() {
+            return p;
+        }
+        if (p as usize).wrapping_add(offset) % align == 0 {
+            return p;
+        }
+        unmap(p, len);
     }
-    if (p as usize).wrapping_add(offset) % align == 0 {
-        return p;
-    }
-    unmap(p, len);
     let Some(total) = len.checked_add(align) else {
         return ptr::null_mut();
     };

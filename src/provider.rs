@@ -48,7 +48,7 @@ pub const HUGE_SLOTS: usize = 16;
 /// At most this many bytes of huge mappings are kept.
 pub const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
 /// The cache may always hold this much, however little is live in huge
-/// objects; above it, at most a quarter of what is live (see `put_huge`).
+/// objects; above it, at most half of what is live (see `put_huge`).
 pub const HUGE_CACHE_MIN_BYTES: usize = 64 << 20;
 
 /// The process-wide cache of free chunks, per chunk class, plus a few
@@ -207,56 +207,83 @@ impl GlobalCache {
     }
 
     /// Keeps a freed huge mapping (kind `Cached`, still registered in the
-    /// chunk map, still counted in the budget) for reuse. False if the
-    /// cache is full or the budget is near its cap; the caller then unmaps it.
+    /// chunk map, still counted in the budget) for reuse. When the cache is
+    /// full (in bytes or slots), smaller cached mappings make room for it,
+    /// smallest first; if they cannot, or the budget is near its cap, `c`
+    /// is not kept. Returns what the caller must unmap, linked through
+    /// `link`: `c` itself, or the mappings it displaced, or null.
     ///
     /// # Safety
     /// `c` is a huge mapping with no live object, referenced by nothing else.
-    pub unsafe fn put_huge(&self, c: *mut Chunk, now: u64, live_huge: usize) -> bool {
-        // SAFETY: per the contract.
+    pub unsafe fn put_huge(&self, c: *mut Chunk, now: u64, live_huge: usize) -> *mut Chunk {
+        // SAFETY: `c` is ours per the contract.
         let size = unsafe { (*c).size };
+        // SAFETY: as above.
+        unsafe { (*c).link.store(ptr::null_mut(), Ordering::Relaxed) };
         // What a program is about to reuse is bounded by what it holds.
         // Any mix of cached mappings serves a request (they are split and
         // gathered, `heap::alloc_huge`), so a few requests' worth is
-        // enough: 20 live buffers of 5-25 MiB replaced at random fault
-        // 168k pages with a quarter (0.4x glibc's faults, 1.06x its peak
-        // RSS); with the whole live size, 29k pages, at 1.15x the RSS.
-        let cap = (live_huge / 4).clamp(HUGE_CACHE_MIN_BYTES, HUGE_CACHE_MAX_BYTES);
-        if self.huge_bytes.load(Ordering::Relaxed) + size > cap
-            || crate::budget::GLOBAL.under_pressure()
-        {
-            // Full, or near the budget cap, where a mapping held here is
-            // budget another thread may be failing for.
-            return false;
+        // enough (measured in `docs/PERF.md`, "Cycling large buffers").
+        let cap = (live_huge / 2).clamp(HUGE_CACHE_MIN_BYTES, HUGE_CACHE_MAX_BYTES);
+        if size > cap || crate::budget::GLOBAL.under_pressure() {
+            // Near the budget cap a mapping held here is budget another
+            // thread may be failing for.
+            return c;
         }
+        // SAFETY: called with the lock held on an occupied slot; cached
+        // mappings are stable under the lock.
+        let size_at = |i: usize| unsafe { (*self.huge[i].load(Ordering::Relaxed)).size };
+        let taken = |i: usize| self.huge[i].load(Ordering::Relaxed).is_null();
         self.lock.lock();
-        let put = match self
-            .huge
-            .iter()
-            .find(|s| s.load(Ordering::Relaxed).is_null())
-        {
-            Some(slot) => {
-                // SAFETY: exclusively ours until published in the slot.
-                unsafe {
-                    mark_cached(c);
-                    (*c).cached_at = now;
-                }
-                slot.store(c, Ordering::Relaxed);
-                self.huge_bytes.fetch_add(size, Ordering::Relaxed);
-                true
+        // Room that displacing every smaller mapping would make.
+        let bytes = self.huge_bytes.load(Ordering::Relaxed);
+        let (mut smaller, mut smaller_bytes, mut free_slot) = (0, 0, false);
+        for i in 0..HUGE_SLOTS {
+            if taken(i) {
+                free_slot = true;
+            } else if size_at(i) < size {
+                smaller += 1;
+                smaller_bytes += size_at(i);
             }
-            None => false,
-        };
-        self.lock.unlock();
-        if put {
-            // Kept for the purge delay, as chunks are (a tenth of it let the
-            // mapping go between two replacements of a program that also
-            // cycles smaller buffers); the byte cap above bounds what the
-            // wait can hold.
-            let due = now.saturating_add(config::purge_delay_ms());
-            self.next_purge_ms.fetch_min(due, Ordering::Relaxed);
         }
-        put
+        let fits = bytes - smaller_bytes + size <= cap && (free_slot || smaller > 0);
+        let mut dropped: *mut Chunk = ptr::null_mut();
+        if fits {
+            while self.huge_bytes.load(Ordering::Relaxed) + size > cap
+                || (0..HUGE_SLOTS).all(|i| !taken(i))
+            {
+                let i = (0..HUGE_SLOTS)
+                    .filter(|&i| !taken(i))
+                    .min_by_key(|&i| size_at(i))
+                    .unwrap_or(0);
+                let v = self.huge[i].swap(ptr::null_mut(), Ordering::Relaxed);
+                // SAFETY: just unlinked under the lock; ours now.
+                self.huge_bytes
+                    .fetch_sub(unsafe { (*v).size }, Ordering::Relaxed);
+                // SAFETY: as above.
+                unsafe { (*v).link.store(dropped, Ordering::Relaxed) };
+                dropped = v;
+            }
+            let slot = (0..HUGE_SLOTS).find(|&i| taken(i)).unwrap_or(0);
+            // SAFETY: `c` is exclusively ours until published in the slot.
+            unsafe {
+                mark_cached(c);
+                (*c).cached_at = now;
+            }
+            self.huge[slot].store(c, Ordering::Relaxed);
+            self.huge_bytes.fetch_add(size, Ordering::Relaxed);
+        }
+        self.lock.unlock();
+        if !fits {
+            return c;
+        }
+        // Kept for the purge delay, as chunks are (a tenth of it let the
+        // mapping go between two replacements of a program that also
+        // cycles smaller buffers); the byte cap above bounds what the
+        // wait can hold.
+        let due = now.saturating_add(config::purge_delay_ms());
+        self.next_purge_ms.fetch_min(due, Ordering::Relaxed);
+        dropped
     }
 
     /// Takes cached huge mappings for a request of `len` bytes into `out`

@@ -10,6 +10,8 @@
 //!   nothing.
 //! * One large freed mapping is split: a small request takes its head, and
 //!   a later request takes the rest without faults.
+//! * When the cache is full, a freed mapping displaces smaller cached ones
+//!   instead of being unmapped.
 //! * With `CHUNKMALLOC_HUGE_PAGES` on (the default) a huge object's mapping
 //!   is eligible for transparent huge pages where the kernel offers them
 //!   on request; with it off, it is not.
@@ -111,6 +113,38 @@ fn a_large_freed_mapping_is_split_for_smaller_requests() {
             );
             free(small, 4 * MIB);
             free(rest, 16 * MIB);
+        },
+    );
+}
+
+#[test]
+fn a_freed_mapping_displaces_smaller_cached_ones_when_the_cache_is_full() {
+    in_child(
+        "a_freed_mapping_displaces_smaller_cached_ones_when_the_cache_is_full",
+        ENV,
+        || {
+            // Sixteen 3 MiB mappings fill every slot of the cache (49 MiB,
+            // under its 64 MiB floor; nothing else is live, so the floor is
+            // the cap).
+            let small: Vec<usize> = (0..16).map(|_| dirty(3 * MIB) as usize).collect();
+            let big = dirty(24 * MIB);
+            for p in small {
+                free(p as *mut u8, 3 * MIB);
+            }
+            let c0 = chunkmalloc::stats().cached;
+            free(big, 24 * MIB);
+            let c1 = chunkmalloc::stats().cached;
+            // Kept, in place of the three smallest (73 MiB would exceed the
+            // cap): the cache grows by 24 - 9 MiB.
+            assert!(
+                c1 >= c0 + 12 * MIB,
+                "the 24 MiB mapping was not kept: cached {c0} -> {c1}"
+            );
+            let f0 = minor_faults();
+            let p = dirty(20 * MIB);
+            let faults = minor_faults() - f0;
+            assert!(faults < FEW_FAULTS, "{faults} faults for a cached 20 MiB");
+            free(p, 20 * MIB);
         },
     );
 }
