@@ -86,7 +86,16 @@ fn freed_mappings_are_gathered_for_a_larger_request() {
                 );
                 assert!(chunkmalloc::usable_size(c) >= size);
                 check(s, 12, "gathered object");
-                dealloc(c, l);
+                // Grown by realloc: a gathered mapping spans several kernel
+                // VMAs, which mremap cannot resize, only move.
+                let g = std::alloc::realloc(c, l, 30 * MIB);
+                assert!(!g.is_null());
+                check(
+                    std::slice::from_raw_parts(g, size),
+                    12,
+                    "gathered object, grown",
+                );
+                dealloc(g, Layout::from_size_align(30 * MIB, 16).unwrap());
             }
         },
     );
