@@ -990,8 +990,20 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
     }
 }
 
+/// Whether [`remap_chunk`] may move a mapping it cannot resize in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Moves {
+    Never,
+    /// Only a range the kernel moves all or nothing: one VMA. A range
+    /// spanning several (a gathered mapping) can be moved since Linux
+    /// 6.17, but a failure part way leaves it partly moved, which only a
+    /// mapping without a live object may risk.
+    Atomic,
+    Any,
+}
+
 /// Resizes the mapping of chunk `c` (header at its 64 KiB-aligned base) to
-/// `new_len` bytes: in place when the kernel can, else (with `can_move`)
+/// `new_len` bytes: in place when the kernel can, else (as `moves` allows)
 /// by moving its pages onto a fresh target ([`map_huge`]) with
 /// `mremap(MREMAP_FIXED)`, which copies nothing. Keeps the chunk map and
 /// the budget exact. Returns the new base, or null with the old mapping
@@ -1001,7 +1013,7 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
 /// The caller owns `c` exclusively (a cached mapping, or one holding an
 /// object the caller is resizing); `c` is registered and its `size` bytes
 /// are counted in the budget.
-unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 {
+unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
     // SAFETY: per the contract.
     unsafe {
         let base = c.cast::<u8>();
@@ -1020,10 +1032,16 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 
         // Unregister before any remap gives address space back: once it is
         // unmapped another thread may map and register it at once.
         chunk_map::unregister(base as usize, old);
-        let new_base = if os::remap_in_place(base, old, new_len) {
+        let resized = os::resize_in_place(base, old, new_len);
+        let new_base = if resized == os::Resize::Done {
             base
         } else {
-            let t = if can_move {
+            let may_move = match moves {
+                Moves::Never => false,
+                Moves::Atomic => resized != os::Resize::SpansMappings,
+                Moves::Any => true,
+            };
+            let t = if may_move {
                 map_huge(new_len)
             } else {
                 ptr::null_mut()
@@ -1082,7 +1100,7 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, can_move: bool) -> *mut u8 
 unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
     // SAFETY: per the contract.
     unsafe {
-        let base = remap_chunk(c, len, true);
+        let base = remap_chunk(c, len, Moves::Any);
         if base.is_null() {
             drop_huge(c);
         }
@@ -1816,7 +1834,14 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
         // Objects aligned to 64 KiB or more would lose their alignment if
         // moved to a merely 64 KiB-aligned target: those resize in place or
         // the caller moves them itself.
-        let new_base = remap_chunk(c, new_len, off < CHUNK_SIZE);
+        // A live object moves only when the kernel moves it whole (one
+        // VMA); a gathered one is copied by the caller instead.
+        let moves = if off < CHUNK_SIZE {
+            Moves::Atomic
+        } else {
+            Moves::Never
+        };
+        let new_base = remap_chunk(c, new_len, moves);
         if new_base.is_null() {
             return new_base;
         }

@@ -266,10 +266,32 @@ pub fn advise_huge_pages(p: *mut u8, len: usize) {
 /// Resizes a mapping without moving it; false on failure (the old mapping
 /// then stays intact).
 pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
-    // SAFETY: `p..p+old_len` is a whole mapping owned by the caller; without
+    resize_in_place(p, old_len, new_len) == Resize::Done
+}
+
+/// How [`resize_in_place`] went.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Resize {
+    Done,
+    /// The kernel refused (no room to grow into, or out of memory).
+    Refused,
+    /// The range spans several kernel mappings (VMAs), which mremap
+    /// cannot resize (`EFAULT`); it can only move them (Linux 6.17+).
+    SpansMappings,
+}
+
+/// Resizes `[p, p+old_len)` without moving it, saying why it could not.
+pub fn resize_in_place(p: *mut u8, old_len: usize, new_len: usize) -> Resize {
+    // SAFETY: `p..p+old_len` is owned by the caller; without
     // MREMAP_MAYMOVE the kernel resizes in place or fails, changing nothing.
     let r = unsafe { sys::call(libc::SYS_mremap, [p as usize, old_len, new_len, 0, 0, 0]) };
-    !sys::failed(r)
+    if !sys::failed(r) {
+        Resize::Done
+    } else if r == -(libc::EFAULT as isize) {
+        Resize::SpansMappings
+    } else {
+        Resize::Refused
+    }
 }
 
 /// Moves the pages of a mapping onto `target` (a mapping of `new_len`
