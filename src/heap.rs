@@ -794,14 +794,14 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
 /// fresh ones):
 /// - the smallest cached mapping that fits is split, its tail going back
 ///   to the cache when it could hold a huge object ([`split_huge`]);
-/// - otherwise the cached mappings are gathered into one ([`gather_huge`]),
-///   and only what they lack is faulted in.
+/// - otherwise the cached mappings (one or more) are gathered into one
+///   ([`gather_huge`]), and only what they lack is faulted in.
 ///
 /// Measured with 20 live buffers of 5-25 MiB replaced at random 2,000
 /// times, each zero-filled (`docs/PERF.md`, "Cycling large buffers"):
 /// handing the one freed mapping to the next request, grown or shrunk to
-/// its size, faulted 430k pages; splitting and gathering faults 168k
-/// (glibc 647k, tcmalloc 132k, which keeps every page).
+/// its size, faulted in 1,655 MiB of pages; splitting and gathering 790 MiB
+/// (glibc 2,529 MiB, tcmalloc 521 MiB: it keeps every page).
 fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     let off = object_offset(align);
     let Some(len) = os::align_up_checked(off + size, CHUNK_SIZE) else {
@@ -817,10 +817,6 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
                 if n == 1 && have >= len {
                     split_huge(pieces[0], len);
                     (pieces[0], (*pieces[0]).size)
-                } else if n == 1 {
-                    // Smaller than the need: grown in place (or moved),
-                    // faulting only the added pages.
-                    (reuse_huge(pieces[0], len).cast(), have)
                 } else {
                     gather_huge(&pieces[..n], len)
                 }
@@ -868,7 +864,9 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
 /// Maps `len` bytes for a huge object, aligned to a huge page so that its
 /// interior can be backed by transparent huge pages (asked for unless
 /// `config::huge_pages()` is off). A 25 MiB buffer then faults 13 times
-/// instead of 6,400: `large_blocks` ran in 0.11 s instead of 0.30 s
+/// instead of 6,400: `large_blocks` ran in 0.10-0.15 s instead of
+/// 0.27-0.31 s; moving cached pieces at offsets that are not 2 MiB-aligned
+/// splits their huge pages, which costs `cycling_buffers` system time
 /// (`docs/PERF.md`).
 fn map_huge(len: usize) -> *mut u8 {
     let p = os::map_aligned(len, os::HUGE_PAGE, 0);
@@ -879,9 +877,10 @@ fn map_huge(len: usize) -> *mut u8 {
 }
 
 /// Cuts a cached huge mapping `c` (at least `len` bytes) down to `len`
-/// when the rest could hold a huge object (over 2.25 MiB): the rest becomes a cached mapping of
-/// its own (its pages stay resident for the next request), or is unmapped
-/// when the cache has no room. A smaller rest stays with `c`.
+/// when the rest could hold a huge object (over 2.25 MiB): the rest becomes
+/// a cached mapping of its own (its pages stay resident for the next
+/// request), or is unmapped when the cache has no room. A smaller rest
+/// stays with `c`.
 ///
 /// # Safety
 /// `c` is a cached huge mapping owned by the caller, registered in the
@@ -927,6 +926,8 @@ unsafe fn cache_huge(c: *mut Chunk, now: u64) {
 /// exceeding it only through the last) into one new mapping of `len`
 /// bytes: each one's pages are moved into place with `mremap`, which
 /// copies nothing; the last is split first if it has more than is needed.
+/// Nothing is read from a piece's header after its move is tried (a failed
+/// move of several VMAs may have taken the header page along).
 /// Returns the new header (null, with every piece unmapped, if no mapping
 /// could be made) and how many bytes from its start may hold old data.
 ///
@@ -963,19 +964,21 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
             split_huge(c, need.min((*c).size));
             let n = (*c).size.min(need);
             if n < (*c).size {
-                // A rest too small for a huge object, which split_huge left: not worth a slot.
+                // A rest too small for a huge object (split_huge left it):
+                // not worth a slot.
                 chunk_map::unregister(c as usize + n, (*c).size - n);
                 os::unmap(c.cast::<u8>().add(n), (*c).size - n);
                 budget::GLOBAL.release((*c).size - n);
             }
             // Unregistered before the move: the old range is given up.
             chunk_map::unregister(c as usize, n);
-            if os::remap_to(c.cast(), n, n, t.add(at)) {
-                dirty = at + n;
-            } else {
-                // Left as fresh pages of the target; the piece is freed.
+            if !os::remap_to(c.cast(), n, n, t.add(at)) {
+                // The piece is freed. A move of several VMAs may have
+                // failed part way, so the target's range may hold some of
+                // its pages: it counts as dirty either way.
                 os::unmap(c.cast(), n);
             }
+            dirty = at + n;
             // The target's reservation covers these bytes now.
             budget::GLOBAL.release(n);
             at += n;
@@ -996,10 +999,9 @@ enum Moves {
     Never,
     /// Only a range the kernel moves all or nothing: one VMA. A range
     /// spanning several (a gathered mapping) can be moved since Linux
-    /// 6.17, but a failure part way leaves it partly moved, which only a
-    /// mapping without a live object may risk.
+    /// 6.17, but a failure part way leaves it partly moved, which a live
+    /// object must not risk (cached mappings are moved by `gather_huge`).
     Atomic,
-    Any,
 }
 
 /// Resizes the mapping of chunk `c` (header at its 64 KiB-aligned base) to
@@ -1010,8 +1012,8 @@ enum Moves {
 /// intact, registered and counted as before.
 ///
 /// # Safety
-/// The caller owns `c` exclusively (a cached mapping, or one holding an
-/// object the caller is resizing); `c` is registered and its `size` bytes
+/// The caller owns `c` exclusively (it holds an object the caller is
+/// resizing); `c` is registered and its `size` bytes
 /// are counted in the budget.
 unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
     // SAFETY: per the contract.
@@ -1039,7 +1041,6 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
             let may_move = match moves {
                 Moves::Never => false,
                 Moves::Atomic => resized != os::Resize::SpansMappings,
-                Moves::Any => true,
             };
             let t = if may_move {
                 map_huge(new_len)
@@ -1088,23 +1089,6 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
         }
         (*new_base.cast::<Chunk>()).size = new_len;
         new_base
-    }
-}
-
-/// Resizes a cached huge mapping to `len` bytes for reuse. Returns its new
-/// base, or null (the mapping is then unmapped and its bytes released).
-///
-/// # Safety
-/// `c` is a cached huge mapping owned by the caller, registered in the
-/// chunk map and fully counted in the budget.
-unsafe fn reuse_huge(c: *mut Chunk, len: usize) -> *mut u8 {
-    // SAFETY: per the contract.
-    unsafe {
-        let base = remap_chunk(c, len, Moves::Any);
-        if base.is_null() {
-            drop_huge(c);
-        }
-        base
     }
 }
 

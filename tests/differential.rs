@@ -40,7 +40,9 @@ impl Rng {
             0..=69 => 1 + self.below(256) as usize,
             70..=89 => 1 + self.below(16 << 10) as usize,
             90..=97 => 1 + self.below(1 << 20) as usize,
-            _ => (8 << 20) + self.below(4 << 20) as usize,
+            // Around the 2.25 MiB class limit and well above it, so that
+            // cached huge mappings of many sizes are split and gathered.
+            _ => (2 << 20) + self.below(10 << 20) as usize,
         }
     }
     fn align(&mut self) -> usize {
