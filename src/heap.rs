@@ -923,9 +923,13 @@ unsafe fn cache_huge(c: *mut Chunk, now: u64) {
 }
 
 /// Gathers cached huge mappings (together short of `len` bytes, or
-/// exceeding it only through the last) into one new mapping of `len`
-/// bytes: each one's pages are moved into place with `mremap`, which
-/// copies nothing; the last is split first if it has more than is needed.
+/// exceeding it only through the last) into one new mapping of at least
+/// `len` bytes: each one's pages are moved into place with `mremap`, which
+/// copies nothing. The last is split first if the rest could be a huge
+/// mapping of its own (it goes back to the cache); a smaller rest comes
+/// along whole, so the mapping is up to 2.25 MiB longer than `len` and no
+/// resident page is unmapped (unmapping such rests cost `cycling_buffers`
+/// a fifth of the pages it faulted, `docs/PERF.md`).
 /// Nothing is read from a piece's header after its move is tried (a failed
 /// move of several VMAs may have taken the header page along).
 /// Returns the new header (null, with every piece unmapped, if no mapping
@@ -938,6 +942,12 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
     // SAFETY: per the contract; each piece is handed on (moved, split
     // back into the cache, or dropped) exactly once.
     unsafe {
+        let total: usize = pieces.iter().map(|&c| (*c).size).sum();
+        let len = if total > len && total - len < MAX_CHUNK_CLASS_SIZE {
+            total
+        } else {
+            len
+        };
         let t = if budget::GLOBAL.try_reserve(len) {
             let t = map_huge(len);
             if t.is_null() {
@@ -964,8 +974,9 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
             split_huge(c, need.min((*c).size));
             let n = (*c).size.min(need);
             if n < (*c).size {
-                // A rest too small for a huge object (split_huge left it):
-                // not worth a slot.
+                // A rest split_huge did not cut off (it cannot be reached
+                // while `len` takes in every rest under a huge mapping's
+                // size, above; kept so that the pieces always add up).
                 chunk_map::unregister(c as usize + n, (*c).size - n);
                 os::unmap(c.cast::<u8>().add(n), (*c).size - n);
                 budget::GLOBAL.release((*c).size - n);

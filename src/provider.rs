@@ -44,7 +44,12 @@ pub const GLOBAL_MAX_DECOMMITTED: usize = 512;
 /// Huge mappings the global cache keeps for reuse (their pages stay
 /// resident until the purge delay passes, so a program that frees and
 /// re-allocates multi-MiB blocks does not fault every page in again).
-pub const HUGE_SLOTS: usize = 16;
+/// Splitting leaves pieces of 2.25 MiB and up, and with 16 slots full of
+/// them freed mappings were turned away while the cache was below its byte
+/// cap: `cycling_buffers` faulted 628 MiB instead of 500 (`docs/PERF.md`).
+/// Scans of the slots happen only with a huge allocation or free, each of
+/// which makes a system call or faults pages.
+pub const HUGE_SLOTS: usize = 32;
 /// At most this many bytes of huge mappings are kept.
 pub const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
 /// The cache may always hold this much, however little is live in huge

@@ -10,8 +10,10 @@
 //!   nothing.
 //! * One large freed mapping is split: a small request takes its head, and
 //!   a later request takes the rest without faults.
-//! * When the cache is full, a freed mapping displaces smaller cached ones
-//!   instead of being unmapped.
+//! * A gather leaves no rest too small to cache behind (it would be
+//!   unmapped with its pages): the object's mapping takes it along.
+//! * When the cache is full (its bytes or its slots), a freed mapping
+//!   displaces smaller cached ones instead of being unmapped.
 //! * With `CHUNKMALLOC_HUGE_PAGES` on (the default) a huge object's mapping
 //!   is eligible for transparent huge pages where the kernel offers them
 //!   on request; with it off, it is not.
@@ -127,14 +129,84 @@ fn a_large_freed_mapping_is_split_for_smaller_requests() {
 }
 
 #[test]
+fn a_gathered_mapping_keeps_a_rest_too_small_to_cache() {
+    in_child(
+        "a_gathered_mapping_keeps_a_rest_too_small_to_cache",
+        ENV,
+        || {
+            let (a, b) = (dirty(6 * MIB), dirty(8 * MIB));
+            free(a, 6 * MIB);
+            free(b, 8 * MIB);
+            let s0 = chunkmalloc::stats();
+            // 13 MiB from the two pieces leaves about 1 MiB of the 6 MiB
+            // one: too small to cache on its own, it comes along with the
+            // object instead of being unmapped.
+            let c = dirty(13 * MIB);
+            let s1 = chunkmalloc::stats();
+            assert_eq!(s1.cached, 0, "a piece stayed cached");
+            assert!(
+                s1.committed >= s0.committed,
+                "resident pages were unmapped: committed {} -> {}",
+                s0.committed,
+                s1.committed
+            );
+            free(c, 13 * MIB);
+            // And they come back with it.
+            assert!(chunkmalloc::stats().cached >= s0.cached);
+        },
+    );
+}
+
+#[test]
+fn a_freed_mapping_displaces_a_smaller_one_when_every_slot_is_taken() {
+    in_child(
+        "a_freed_mapping_displaces_a_smaller_one_when_every_slot_is_taken",
+        ENV,
+        || {
+            // A live 400 MiB object (never touched, so never resident)
+            // raises the cache's byte cap to 200 MiB, so the 96 MiB of the
+            // 32 small mappings below fill the slots, not the bytes.
+            let l = Layout::from_size_align(400 * MIB, 16).unwrap();
+            // SAFETY: non-zero size; freed below with the same layout.
+            let live = unsafe { alloc(l) };
+            assert!(!live.is_null());
+            let slots = chunkmalloc::provider::HUGE_SLOTS;
+            let small: Vec<usize> = (0..slots).map(|_| dirty(3 * MIB) as usize).collect();
+            let big = dirty(24 * MIB);
+            for p in small {
+                free(p as *mut u8, 3 * MIB);
+            }
+            let c0 = chunkmalloc::stats().cached;
+            assert!(
+                c0 >= slots * 3 * MIB,
+                "the small mappings were not all kept"
+            );
+            free(big, 24 * MIB);
+            let c1 = chunkmalloc::stats().cached;
+            // Kept in place of one small mapping: 24 - 3 MiB more.
+            assert!(
+                c1 >= c0 + 20 * MIB,
+                "the 24 MiB mapping was not kept: cached {c0} -> {c1}"
+            );
+            let f0 = minor_faults();
+            let p = dirty(20 * MIB);
+            let faults = minor_faults() - f0;
+            assert!(faults < FEW_FAULTS, "{faults} faults for a cached 20 MiB");
+            free(p, 20 * MIB);
+            // SAFETY: allocated above with `l`.
+            unsafe { dealloc(live, l) };
+        },
+    );
+}
+
+#[test]
 fn a_freed_mapping_displaces_smaller_cached_ones_when_the_cache_is_full() {
     in_child(
         "a_freed_mapping_displaces_smaller_cached_ones_when_the_cache_is_full",
         ENV,
         || {
-            // Sixteen 3 MiB mappings fill every slot of the cache (49 MiB,
-            // under its 64 MiB floor; nothing else is live, so the floor is
-            // the cap).
+            // Sixteen 3 MiB mappings (49 MiB, under the cache's 64 MiB
+            // floor; nothing else is live, so the floor is the cap).
             let small: Vec<usize> = (0..16).map(|_| dirty(3 * MIB) as usize).collect();
             let big = dirty(24 * MIB);
             for p in small {
