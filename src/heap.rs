@@ -963,8 +963,36 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
             }
             return (ptr::null_mut(), 0);
         }
-        let mut at = 0;
-        let mut dirty = 0;
+        let dirty = move_pieces(pieces, t, 0, len);
+        let c = Chunk::init_cached(t, len, dirty == 0);
+        if !chunk_map::register(t as usize, len, c as usize) {
+            os::unmap(t, len);
+            budget::GLOBAL.release(len);
+            return (ptr::null_mut(), 0);
+        }
+        (c, dirty)
+    }
+}
+
+/// Moves the pages of cached huge mappings `pieces` (together short of
+/// `len - at` bytes, or exceeding it only through the last) into
+/// `[at, len)` of the mapping at `t`, in order, with `mremap`: the last is
+/// split first (its rest cached) when the rest could be a huge mapping of
+/// its own, and a smaller rest is unmapped (callers that can take it along
+/// size `len` to include it: [`gather_huge`]). Returns the end of what was
+/// moved in: up to there the target may hold old data.
+///
+/// # Safety
+/// Each piece is a cached huge mapping owned by the caller, registered in
+/// the chunk map and fully counted in the budget; `[at, len)` of `t` is
+/// the caller's, registered to it and already counted in the budget (each
+/// piece's bytes are released once its pages are in place).
+unsafe fn move_pieces(pieces: &[*mut Chunk], t: *mut u8, mut at: usize, len: usize) -> usize {
+    let mut dirty = at;
+    // SAFETY: per the contract; each piece is handed on (moved, split
+    // back into the cache, or dropped) exactly once, and nothing is read
+    // from its header after its move is tried.
+    unsafe {
         for &c in pieces {
             let need = len - at;
             if need == 0 {
@@ -974,9 +1002,7 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
             split_huge(c, need.min((*c).size));
             let n = (*c).size.min(need);
             if n < (*c).size {
-                // A rest split_huge did not cut off (it cannot be reached
-                // while `len` takes in every rest under a huge mapping's
-                // size, above; kept so that the pieces always add up).
+                // A rest too small for a huge mapping of its own.
                 chunk_map::unregister(c as usize + n, (*c).size - n);
                 os::unmap(c.cast::<u8>().add(n), (*c).size - n);
                 budget::GLOBAL.release((*c).size - n);
@@ -994,14 +1020,8 @@ unsafe fn gather_huge(pieces: &[*mut Chunk], len: usize) -> (*mut Chunk, usize) 
             budget::GLOBAL.release(n);
             at += n;
         }
-        let c = Chunk::init_cached(t, len, dirty == 0);
-        if !chunk_map::register(t as usize, len, c as usize) {
-            os::unmap(t, len);
-            budget::GLOBAL.release(len);
-            return (ptr::null_mut(), 0);
-        }
-        (c, dirty)
     }
+    dirty
 }
 
 /// Whether [`remap_chunk`] may move a mapping it cannot resize in place.
@@ -1084,6 +1104,12 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
             if moved < old {
                 // Unregistered above with the rest of the old range.
                 os::unmap(base.add(moved), old - moved);
+            } else if moved < new_len {
+                // The growth comes from cached mappings as far as they
+                // reach, like a gather; only the rest faults in afresh.
+                let mut pieces = [ptr::null_mut(); HUGE_SLOTS];
+                let n = GLOBAL_CACHE.take_huge(new_len - moved, &mut pieces);
+                move_pieces(&pieces[..n], t, moved, new_len);
             }
             t
         };
@@ -1809,8 +1835,11 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
     }
 }
 
-/// Resizes a huge object with `mremap`; null if `p` is not huge or the
-/// kernel/budget refuses (the object is then unchanged).
+/// Resizes a huge object: within its mapping when it fits (cutting off
+/// and caching a rest that could be a huge mapping of its own), else by
+/// [`remap_chunk`], whose growth takes cached mappings' pages before fresh
+/// ones. Null if `p` is not huge or the kernel/budget refuses (the object
+/// is then unchanged).
 ///
 /// # Safety
 /// `p` is a live pointer from this allocator.
@@ -1826,6 +1855,18 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         };
         let old_size = (*c).obj_size;
+        if new_len <= (*c).size {
+            // Within the mapping: nothing is unmapped. A rest that could be
+            // a huge mapping of its own is cut off and cached (its pages
+            // stay resident for the next request: `large_blocks` unmapped
+            // 216 MiB of pages by shrinking), a smaller one stays with the
+            // object.
+            (*c).obj_size = new_size;
+            GLOBALS.huge_bytes.fetch_add(new_size, Ordering::Relaxed);
+            GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
+            split_huge(c, new_len);
+            return p;
+        }
         // Objects aligned to 64 KiB or more would lose their alignment if
         // moved to a merely 64 KiB-aligned target: those resize in place or
         // the caller moves them itself.

@@ -10,6 +10,9 @@
 //!   nothing.
 //! * One large freed mapping is split: a small request takes its head, and
 //!   a later request takes the rest without faults.
+//! * A huge object shrunk by `realloc` caches the rest of its mapping, and
+//!   one grown by `realloc` that has to move takes cached pages for the
+//!   growth.
 //! * A gather leaves no rest too small to cache behind (it would be
 //!   unmapped with its pages): the object's mapping takes it along.
 //! * When the cache is full (its bytes or its slots), a freed mapping
@@ -153,6 +156,93 @@ fn a_gathered_mapping_keeps_a_rest_too_small_to_cache() {
             free(c, 13 * MIB);
             // And they come back with it.
             assert!(chunkmalloc::stats().cached >= s0.cached);
+        },
+    );
+}
+
+#[test]
+fn a_huge_object_shrunk_by_realloc_caches_the_rest() {
+    in_child(
+        "a_huge_object_shrunk_by_realloc_caches_the_rest",
+        ENV,
+        || {
+            let size = 24 * MIB;
+            let p = dirty(size);
+            // SAFETY: `p` holds `size` bytes.
+            unsafe { fill(std::slice::from_raw_parts_mut(p, size), 31) };
+            let c0 = chunkmalloc::stats().cached;
+            // SAFETY: allocated with this layout by `dirty`.
+            let q = unsafe {
+                std::alloc::realloc(p, Layout::from_size_align(size, 16).unwrap(), 6 * MIB)
+            };
+            assert!(!q.is_null());
+            // SAFETY: `q` holds 6 MiB.
+            unsafe { check(std::slice::from_raw_parts(q, 6 * MIB), 31, "shrunk object") };
+            let c1 = chunkmalloc::stats().cached;
+            assert!(
+                c1 >= c0 + 17 * MIB,
+                "the rest was not cached: cached {c0} -> {c1}"
+            );
+            let f0 = minor_faults();
+            let r = dirty(16 * MIB);
+            let faults = minor_faults() - f0;
+            assert!(
+                faults < FEW_FAULTS,
+                "{faults} faults: the shrunk object's rest was not reused"
+            );
+            free(r, 16 * MIB);
+            free(q, 6 * MIB);
+        },
+    );
+}
+
+#[test]
+fn a_huge_object_grown_by_realloc_takes_cached_pages() {
+    in_child(
+        "a_huge_object_grown_by_realloc_takes_cached_pages",
+        ENV,
+        || {
+            let size = 8 * MIB;
+            let a = dirty(size);
+            // SAFETY: `a` holds `size` bytes.
+            unsafe { fill(std::slice::from_raw_parts_mut(a, size), 41) };
+            // Its mapping ends at the next 64 KiB boundary after the
+            // object; a page mapped there (when free) makes the kernel
+            // refuse to grow it in place, so the growth must move it.
+            let end = (a as usize + size).next_multiple_of(64 << 10);
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping.
+            let guard = unsafe {
+                libc::mmap(
+                    end as *mut libc::c_void,
+                    4096,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            let b = dirty(10 * MIB);
+            free(b, 10 * MIB);
+            let f0 = minor_faults();
+            let grown = 18 * MIB;
+            // SAFETY: allocated with this layout by `dirty`; the grown
+            // object is written within its new size.
+            unsafe {
+                let g = std::alloc::realloc(a, Layout::from_size_align(size, 16).unwrap(), grown);
+                assert!(!g.is_null());
+                g.add(size).write_bytes(0x33, grown - size);
+                let faults = minor_faults() - f0;
+                assert!(
+                    faults < FEW_FAULTS,
+                    "{faults} faults: the growth did not take the cached pages"
+                );
+                check(std::slice::from_raw_parts(g, size), 41, "grown object");
+                free(g, grown);
+            }
+            if guard != libc::MAP_FAILED {
+                // SAFETY: the page mapped above, ours.
+                unsafe { libc::munmap(guard, 4096) };
+            }
         },
     );
 }
