@@ -18,7 +18,7 @@ pub const DEFAULT_PURGE_DELAY_MS: u64 = 100;
 
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
 static SHOW_STATS: AtomicBool = AtomicBool::new(false);
-static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
+static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 /// 0 = not read, 1 = reading, 2 = done.
 static STATE: AtomicU8 = AtomicU8::new(0);
@@ -146,11 +146,17 @@ pub fn set_purge_delay_ms(ms: u64) {
 }
 
 /// Whether huge mappings (objects above 2.25 MiB) ask the kernel for
-/// transparent huge pages (`MADV_HUGEPAGE`; on by default, off with
-/// `CHUNKMALLOC_HUGE_PAGES=0`). Only whole 2 MiB-aligned stretches inside
-/// such a mapping become huge pages, so an object's resident size grows by
-/// less than 2 MiB over what it touches at most per untouched 2 MiB stretch;
-/// a program that touches large buffers sparsely may want it off.
+/// transparent huge pages (`MADV_HUGEPAGE`; off by default, on with
+/// `CHUNKMALLOC_HUGE_PAGES=1`). The mappings are 2 MiB-aligned either
+/// way, so a kernel whose THP setting is `always` backs them with huge
+/// pages unasked. Off by default because a huge page is zeroed whole by
+/// the thread that faults it, and on virtual machines that hand free
+/// guest memory back to the host (free page reporting, as on the one
+/// `docs/PERF.md` was measured on) it is often memory the host must back
+/// again: there asking cost `large_blocks` 2x and `cycling_buffers` 1.3x
+/// the time after another process's churn. Only whole 2 MiB-aligned
+/// stretches inside a mapping become huge pages, so an object's resident
+/// size may exceed what it touches by up to 2 MiB per touched stretch.
 pub fn huge_pages() -> bool {
     HUGE_PAGES.load(Ordering::Relaxed)
 }

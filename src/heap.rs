@@ -862,12 +862,12 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// Maps `len` bytes for a huge object, aligned to a huge page so that its
-/// interior can be backed by transparent huge pages (asked for unless
-/// `config::huge_pages()` is off). A 25 MiB buffer then faults 13 times
-/// instead of 6,400: `large_blocks` ran in 0.10-0.15 s instead of
-/// 0.27-0.31 s; moving cached pieces at offsets that are not 2 MiB-aligned
-/// splits their huge pages, which costs `cycling_buffers` system time
-/// (`docs/PERF.md`).
+/// interior can be backed by transparent huge pages (asked for when
+/// `config::huge_pages()` is on, or given by a kernel whose THP setting is
+/// `always`). A 25 MiB buffer then faults 13 times instead of 6,400, but
+/// each fault zeroes 2 MiB, and moving cached pieces at offsets that are
+/// not 2 MiB-aligned splits huge pages: whether asking pays depends on the
+/// machine (`docs/PERF.md`, "Huge pages on request, measured again").
 fn map_huge(len: usize) -> *mut u8 {
     let p = os::map_aligned(len, os::HUGE_PAGE, 0);
     if !p.is_null() && crate::config::huge_pages() {

@@ -17,9 +17,9 @@
 //!   unmapped with its pages): the object's mapping takes it along.
 //! * When the cache is full (its bytes or its slots), a freed mapping
 //!   displaces smaller cached ones instead of being unmapped.
-//! * With `CHUNKMALLOC_HUGE_PAGES` on (the default) a huge object's mapping
-//!   is eligible for transparent huge pages where the kernel offers them
-//!   on request; with it off, it is not.
+//! * With `CHUNKMALLOC_HUGE_PAGES=1` a huge object's mapping is eligible
+//!   for transparent huge pages where the kernel offers them on request;
+//!   by default (off) it is not, unless the kernel gives them unasked.
 
 mod common;
 
@@ -360,28 +360,28 @@ fn huge_object_eligibility() -> Option<bool> {
 }
 
 #[test]
-fn huge_mappings_ask_for_huge_pages() {
-    in_child("huge_mappings_ask_for_huge_pages", &[], || {
-        assert!(chunkmalloc::config::huge_pages());
-        if thp_on_request() {
-            assert_eq!(huge_object_eligibility(), Some(true));
-        }
-    });
-}
-
-#[test]
-fn huge_pages_off_from_environment() {
+fn huge_pages_on_from_environment() {
     in_child(
-        "huge_pages_off_from_environment",
-        &[("CHUNKMALLOC_HUGE_PAGES", "0")],
+        "huge_pages_on_from_environment",
+        &[("CHUNKMALLOC_HUGE_PAGES", "1")],
         || {
-            assert!(!chunkmalloc::config::huge_pages());
-            let always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-                .map(|s| s.contains("[always]"))
-                .unwrap_or(false);
-            if !always {
-                assert_ne!(huge_object_eligibility(), Some(true));
+            assert!(chunkmalloc::config::huge_pages());
+            if thp_on_request() {
+                assert_eq!(huge_object_eligibility(), Some(true));
             }
         },
     );
+}
+
+#[test]
+fn huge_pages_off_by_default() {
+    in_child("huge_pages_off_by_default", &[], || {
+        assert!(!chunkmalloc::config::huge_pages());
+        let always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .map(|s| s.contains("[always]"))
+            .unwrap_or(false);
+        if !always {
+            assert_ne!(huge_object_eligibility(), Some(true));
+        }
+    });
 }
