@@ -91,14 +91,15 @@ unsafe fn do_realloc(p: *mut c_void, size: usize) -> *mut c_void {
         unsafe { do_free(p) };
         return ptr::null_mut();
     }
-    // SAFETY: forwarded contract.
-    if unsafe { thread::usable_size(p.cast()) } == 0 {
-        thread::report_invalid(p.cast(), b"realloc");
-        set_errno(libc::EINVAL);
-        return ptr::null_mut();
+    // SAFETY: forwarded contract; a pointer chunkmalloc did not hand out
+    // is reported there and changes nothing.
+    match unsafe { thread::realloc_checked(p.cast(), size, MIN_ALIGN) } {
+        Some(q) => or_enomem(q),
+        None => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
     }
-    // SAFETY: `p` is one of ours and live.
-    or_enomem(unsafe { thread::realloc(p.cast(), size, MIN_ALIGN) })
 }
 
 /// Aligned allocation with glibc's `memalign` semantics: `align` is a power

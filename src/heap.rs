@@ -1791,18 +1791,35 @@ pub unsafe fn usable_size(p: *mut u8) -> Option<usize> {
     }
 }
 
-/// Tries to resize `p` in place to `new_size`. Returns true on success.
-/// Slab blocks stay when the new size fits and is at least half the block;
-/// large objects when the new footprint fits the chunk and uses more than
-/// half of it; huge objects are resized with `mremap` (returned pointer may
-/// differ, so huge blocks return through `realloc_huge`).
+/// What [`resize_in_place`] found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum InPlace {
+    /// `p` now holds `new_size` bytes.
+    Done,
+    /// `p` must move; it holds this many usable bytes.
+    Moves(usize),
+    /// `p` is not the start of a live block chunkmalloc handed out.
+    Invalid,
+}
+
+/// Tries to resize `p` in place to `new_size`, with one chunk-map lookup
+/// for the answer and, when it must move, for its usable size (a
+/// `realloc` that stays in place, the common step of a string grown by
+/// appends, costs one lookup instead of three). Slab blocks stay when the
+/// new size fits and is at least half the block; large objects when the
+/// new footprint fits the chunk and uses more than half of it; huge
+/// objects always report `Moves` (`realloc_huge` resizes them, and the
+/// pointer may change).
 ///
 /// # Safety
-/// `p` is a live pointer from this allocator.
-pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
+/// `p` is live or foreign (a foreign pointer is reported `Invalid` where
+/// the chunk map can tell; an interior pointer into a slab block cannot
+/// be told from the block).
+#[inline(always)]
+pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> InPlace {
     let c = chunk_map::lookup(p as usize) as *mut Chunk;
     if c.is_null() {
-        return false;
+        return InPlace::Invalid;
     }
     // SAFETY: live chunk header.
     unsafe {
@@ -1810,28 +1827,53 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
             Kind::Slab => {
                 let avail =
                     Chunk::block_start(c, p) as usize + (*c).block_size as usize - p as usize;
-                new_size <= avail && (new_size >= avail / 2 || avail <= 64)
-            }
-            Kind::Large => {
-                let end = (*c).obj_offset + new_size;
-                let fits = end <= (*c).size;
-                if !(fits && new_size > MAX_SMALL && end > (*c).size / 2) {
-                    return false;
+                if new_size <= avail && (new_size >= avail / 2 || avail <= 64) {
+                    InPlace::Done
+                } else {
+                    InPlace::Moves(avail)
                 }
-                // Growth past the charged pages is charged first (the
-                // usable size, counted in `in_use`, grows with it).
-                let before = Chunk::charged(c);
-                if !Chunk::charge_to(c, end, &budget::GLOBAL) {
-                    return false;
-                }
-                GLOBALS
-                    .large_grown_bytes
-                    .fetch_add(Chunk::charged(c) - before, Ordering::Relaxed);
-                (*c).obj_size = new_size;
-                true
             }
-            _ => false,
+            Kind::Large | Kind::Huge => resize_object_in_place(c, p, new_size),
+            Kind::Cached => InPlace::Invalid,
         }
+    }
+}
+
+/// [`resize_in_place`] for a large or huge chunk `c` (out of line: the
+/// slab case is the common one).
+///
+/// # Safety
+/// `c` is the live header of a large or huge chunk that `p` points into.
+#[inline(never)]
+unsafe fn resize_object_in_place(c: *mut Chunk, p: *mut u8, new_size: usize) -> InPlace {
+    // SAFETY: per the contract.
+    unsafe {
+        let off = (*c).obj_offset;
+        if p != c.cast::<u8>().add(off) {
+            return InPlace::Invalid;
+        }
+        // Large objects end at the last charged page (the rest of the
+        // chunk is not committed); huge mappings are charged whole.
+        let usable = Chunk::charged(c) - off;
+        if (*c).kind == Kind::Huge {
+            return InPlace::Moves(usable);
+        }
+        let end = off + new_size;
+        let fits = end <= (*c).size;
+        if !(fits && new_size > MAX_SMALL && end > (*c).size / 2) {
+            return InPlace::Moves(usable);
+        }
+        // Growth past the charged pages is charged first (the usable size,
+        // counted in `in_use`, grows with it).
+        let before = Chunk::charged(c);
+        if !Chunk::charge_to(c, end, &budget::GLOBAL) {
+            return InPlace::Moves(usable);
+        }
+        GLOBALS
+            .large_grown_bytes
+            .fetch_add(Chunk::charged(c) - before, Ordering::Relaxed);
+        (*c).obj_size = new_size;
+        InPlace::Done
     }
 }
 

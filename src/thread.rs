@@ -654,23 +654,52 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
 }
 
 /// Resizes `p` to `new_size` bytes with alignment `align`, in place when
-/// the block allows; `p` null allocates. Null on failure, with `p` intact.
+/// the block allows; `p` null allocates. Null on failure, with `p` intact
+/// (a pointer chunkmalloc did not hand out is reported).
 ///
 /// # Safety
 /// As [`free`]; on success `p` must no longer be used.
 pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_checked(p, new_size, align) }.unwrap_or(ptr::null_mut())
+}
+
+/// [`realloc`] telling a pointer chunkmalloc did not hand out (`None`,
+/// reported on stderr, nothing changed) from a failed allocation
+/// (`Some(null)`), for the C shim's `errno`.
+///
+/// # Safety
+/// As [`realloc`].
+pub unsafe fn realloc_checked(p: *mut u8, new_size: usize, align: usize) -> Option<*mut u8> {
     if p.is_null() {
-        return malloc_aligned(new_size, align, false);
+        return Some(malloc_aligned(new_size, align, false));
     }
     // SAFETY: `p` is live or foreign; every helper checks the chunk map.
+    // The in-place answer is the common case (a string grown by appends
+    // stays in its block most steps): everything else is out of line, so
+    // this path saves no registers.
     unsafe {
-        if heap::resize_in_place(p, new_size) {
-            return p;
+        match heap::resize_in_place(p, new_size) {
+            heap::InPlace::Done => Some(p),
+            heap::InPlace::Moves(old) => Some(realloc_move(p, new_size, align, old)),
+            heap::InPlace::Invalid => {
+                report_invalid(p, b"realloc");
+                None
+            }
         }
-        let Some(old) = heap::usable_size(p) else {
-            report_invalid(p, b"realloc");
-            return ptr::null_mut();
-        };
+    }
+}
+
+/// The `realloc` that cannot stay in place: a huge object is resized by
+/// [`heap::realloc_huge`], anything else moves to a new block (with
+/// headroom when it grows). Null on failure, with `p` intact.
+///
+/// # Safety
+/// `p` is a live block of `old` usable bytes.
+#[inline(never)]
+unsafe fn realloc_move(p: *mut u8, new_size: usize, align: usize, old: usize) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
         if new_size > crate::size_class::MAX_SMALL {
             // A huge object stays huge and is resized with mremap (null if
             // `p` is not huge or the kernel refuses).
