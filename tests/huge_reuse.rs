@@ -50,6 +50,16 @@ fn dirty(size: usize) -> *mut u8 {
     p
 }
 
+/// [`dirty`], asserting that it faulted almost nothing (its pages came
+/// from the cache); `what` says what was not reused otherwise.
+fn dirty_from_cache(size: usize, what: &str) -> *mut u8 {
+    let f0 = minor_faults();
+    let p = dirty(size);
+    let faults = minor_faults() - f0;
+    assert!(faults < FEW_FAULTS, "{faults} faults: {what}");
+    p
+}
+
 fn free(p: *mut u8, size: usize) {
     // SAFETY: allocated with this layout by `dirty` or the test.
     unsafe { dealloc(p, Layout::from_size_align(size, 16).unwrap()) };
@@ -113,14 +123,8 @@ fn a_large_freed_mapping_is_split_for_smaller_requests() {
         ENV,
         || {
             free(dirty(24 * MIB), 24 * MIB);
-            let f0 = minor_faults();
-            let small = dirty(4 * MIB);
-            let rest = dirty(16 * MIB);
-            let faults = minor_faults() - f0;
-            assert!(
-                faults < FEW_FAULTS,
-                "{faults} faults: the rest of the split mapping was not reused"
-            );
+            let small = dirty_from_cache(4 * MIB, "the split mapping's head was not reused");
+            let rest = dirty_from_cache(16 * MIB, "the rest of the split mapping was not reused");
             assert!(
                 small.wrapping_add(4 * MIB) <= rest || rest.wrapping_add(16 * MIB) <= small,
                 "overlapping objects"
@@ -183,13 +187,7 @@ fn a_huge_object_shrunk_by_realloc_caches_the_rest() {
                 c1 >= c0 + 17 * MIB,
                 "the rest was not cached: cached {c0} -> {c1}"
             );
-            let f0 = minor_faults();
-            let r = dirty(16 * MIB);
-            let faults = minor_faults() - f0;
-            assert!(
-                faults < FEW_FAULTS,
-                "{faults} faults: the shrunk object's rest was not reused"
-            );
+            let r = dirty_from_cache(16 * MIB, "the shrunk object's rest was not reused");
             free(r, 16 * MIB);
             free(q, 6 * MIB);
         },
@@ -278,10 +276,7 @@ fn a_freed_mapping_displaces_a_smaller_one_when_every_slot_is_taken() {
                 c1 >= c0 + 20 * MIB,
                 "the 24 MiB mapping was not kept: cached {c0} -> {c1}"
             );
-            let f0 = minor_faults();
-            let p = dirty(20 * MIB);
-            let faults = minor_faults() - f0;
-            assert!(faults < FEW_FAULTS, "{faults} faults for a cached 20 MiB");
+            let p = dirty_from_cache(20 * MIB, "the cached 24 MiB mapping was not reused");
             free(p, 20 * MIB);
             // SAFETY: allocated above with `l`.
             unsafe { dealloc(live, l) };
@@ -311,10 +306,7 @@ fn a_freed_mapping_displaces_smaller_cached_ones_when_the_cache_is_full() {
                 c1 >= c0 + 12 * MIB,
                 "the 24 MiB mapping was not kept: cached {c0} -> {c1}"
             );
-            let f0 = minor_faults();
-            let p = dirty(20 * MIB);
-            let faults = minor_faults() - f0;
-            assert!(faults < FEW_FAULTS, "{faults} faults for a cached 20 MiB");
+            let p = dirty_from_cache(20 * MIB, "the cached 24 MiB mapping was not reused");
             free(p, 20 * MIB);
         },
     );
