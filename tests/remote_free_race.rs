@@ -5,6 +5,9 @@
 //! the chunk is unmapped). The freer must touch nothing in the chunk
 //! after that CAS, unless its CAS claimed the full-chunk notification, in
 //! which case the owner must not retire the chunk until it has been queued.
+//! Each test runs in a child process of its own: "the chunk was unmapped"
+//! is read from the address range, which another thread of the process
+//! (another test, the harness) could map again in the meantime.
 //!
 //! Run: `cargo test --features test-hooks --test remote_free_race`.
 
@@ -13,6 +16,8 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use chunkmalloc::hooks::{self, Point};
+
+mod common;
 
 #[global_allocator]
 static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
@@ -101,42 +106,44 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
 /// unmaps it. The parked freer resumes and must not fault.
 #[test]
 fn freer_parked_after_publishing_survives_unmap() {
-    let _g = setup();
-    let (base, blocks, rest) = fill_one_chunk();
-    TARGET.store(base, Ordering::Release);
-    let (tx, rx) = mpsc::channel::<()>();
-    let last = *blocks.last().unwrap();
-    let all = blocks.clone();
-    let freer = std::thread::spawn(move || {
-        for &p in &all[..all.len() - 1] {
+    common::in_child("freer_parked_after_publishing_survives_unmap", &[], || {
+        let _g = setup();
+        let (base, blocks, rest) = fill_one_chunk();
+        TARGET.store(base, Ordering::Release);
+        let (tx, rx) = mpsc::channel::<()>();
+        let last = *blocks.last().unwrap();
+        let all = blocks.clone();
+        let freer = std::thread::spawn(move || {
+            for &p in &all[..all.len() - 1] {
+                free_block(p);
+            }
+            ARMED.store(true, Ordering::Release);
+            free_block(last); // parks in the hook, after its CAS
+            tx.send(()).unwrap();
+        });
+        wait_parked();
+        // The owner: every block of the chunk is on its remote list; purge
+        // collects the pending chunk, retires it and unmaps it.
+        chunkmalloc::purge();
+        assert!(
+            !mapped(base),
+            "the purge must have unmapped the emptied chunk (or the test shows nothing)"
+        );
+        RESUME.store(true, Ordering::Release);
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("freer finishes");
+        freer.join().unwrap();
+        for p in rest {
+            // SAFETY: blocks of SIZE bytes filled with 0xA5 above.
+            let s = unsafe { std::slice::from_raw_parts(p as *const u8, SIZE) };
+            assert!(
+                s.iter().all(|&b| b == 0xA5),
+                "live blocks keep their contents"
+            );
             free_block(p);
         }
-        ARMED.store(true, Ordering::Release);
-        free_block(last); // parks in the hook, after its CAS
-        tx.send(()).unwrap();
+        hooks::set(None);
     });
-    wait_parked();
-    // The owner: every block of the chunk is on its remote list; purge
-    // collects the pending chunk, retires it and unmaps it.
-    chunkmalloc::purge();
-    assert!(
-        !mapped(base),
-        "the purge must have unmapped the emptied chunk (or the test shows nothing)"
-    );
-    RESUME.store(true, Ordering::Release);
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("freer finishes");
-    freer.join().unwrap();
-    for p in rest {
-        // SAFETY: blocks of SIZE bytes filled with 0xA5 above.
-        let s = unsafe { std::slice::from_raw_parts(p as *const u8, SIZE) };
-        assert!(
-            s.iter().all(|&b| b == 0xA5),
-            "live blocks keep their contents"
-        );
-        free_block(p);
-    }
-    hooks::set(None);
 }
 
 /// The first remote free into a full chunk claims its notification and
@@ -146,35 +153,41 @@ fn freer_parked_after_publishing_survives_unmap() {
 /// and the next purge retires it once every block is back.
 #[test]
 fn claimed_notification_keeps_the_chunk_until_queued() {
-    let _g = setup();
-    let (base, blocks, rest) = fill_one_chunk();
-    TARGET.store(base, Ordering::Release);
-    let (tx, rx) = mpsc::channel::<()>();
-    let all = blocks.clone();
-    ARMED.store(true, Ordering::Release);
-    let freer = std::thread::spawn(move || {
-        free_block(all[0]); // claims the notification, parks before queuing
-        tx.send(()).unwrap();
-        for &p in &all[1..] {
-            free_block(p);
-        }
-    });
-    wait_parked();
-    chunkmalloc::purge();
-    assert!(mapped(base), "a chunk whose notification is claimed stays");
-    RESUME.store(true, Ordering::Release);
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("freer finishes");
-    freer.join().unwrap();
-    chunkmalloc::purge();
-    assert!(
-        !mapped(base),
-        "once queued and empty, the chunk is retired and unmapped"
+    common::in_child(
+        "claimed_notification_keeps_the_chunk_until_queued",
+        &[],
+        || {
+            let _g = setup();
+            let (base, blocks, rest) = fill_one_chunk();
+            TARGET.store(base, Ordering::Release);
+            let (tx, rx) = mpsc::channel::<()>();
+            let all = blocks.clone();
+            ARMED.store(true, Ordering::Release);
+            let freer = std::thread::spawn(move || {
+                free_block(all[0]); // claims the notification, parks before queuing
+                tx.send(()).unwrap();
+                for &p in &all[1..] {
+                    free_block(p);
+                }
+            });
+            wait_parked();
+            chunkmalloc::purge();
+            assert!(mapped(base), "a chunk whose notification is claimed stays");
+            RESUME.store(true, Ordering::Release);
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("freer finishes");
+            freer.join().unwrap();
+            chunkmalloc::purge();
+            assert!(
+                !mapped(base),
+                "once queued and empty, the chunk is retired and unmapped"
+            );
+            for p in rest {
+                free_block(p);
+            }
+            hooks::set(None);
+        },
     );
-    for p in rest {
-        free_block(p);
-    }
-    hooks::set(None);
 }
 
 /// A heap is abandoned with a chunk attached (and so armed); a remote
@@ -188,107 +201,113 @@ fn claimed_notification_keeps_the_chunk_until_queued() {
 /// the pending stack is QUEUED", seen in `tests/thread_churn.rs`).
 #[test]
 fn queued_chunk_of_an_adopted_heap_waits_for_its_pending_push() {
-    let _g = setup();
-    // The freer takes a heap first, so that it does not adopt A's: A is
-    // started only once the freer has its heap (on a loaded machine the
-    // freer's first allocation could otherwise come after A's exit, adopt
-    // A's heap, and its free would be local: it would never park).
-    let (tx, rx) = mpsc::channel::<()>();
-    let (blk_tx, blk_rx) = mpsc::channel::<usize>();
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    let freer = std::thread::spawn(move || {
-        drop(std::hint::black_box(vec![0u8; 64]));
-        ready_tx.send(()).unwrap();
-        let first = blk_rx.recv().unwrap();
-        free_block(first); // claims the armed chunk, parks before queuing
-        tx.send(()).unwrap();
-    });
-    ready_rx.recv().unwrap();
-    // Thread A: a few blocks in one attached chunk, then exit (abandon).
-    let (base, blocks) = std::thread::spawn(|| {
-        let mut v = Vec::new();
-        for _ in 0..4 {
-            let mut b = Vec::<u8>::with_capacity(SIZE);
-            b.resize(SIZE, 0xA5);
-            v.push(b.as_mut_ptr() as usize);
-            std::mem::forget(b);
-        }
-        let base = v[0] & !(CHUNK - 1);
-        v.retain(|&p| p & !(CHUNK - 1) == base);
-        (base, v)
-    })
-    .join()
-    .unwrap();
-    assert!(blocks.len() >= 2, "two blocks in the first chunk");
-    TARGET.store(base, Ordering::Release);
-    ARMED.store(true, Ordering::Release);
-    blk_tx.send(blocks[0]).unwrap();
-    wait_parked();
-    // Thread B adopts the abandoned heap, frees the rest locally and
-    // purges; it reports whether the chunk is still mapped, then purges
-    // again once the freer has queued it.
-    let (res_tx, res_rx) = mpsc::channel::<(bool, bool)>();
-    // A thread that exits meanwhile (the previous test's) may put its heap
-    // on the abandoned list above A's; threads that adopt another heap keep
-    // it (stay alive) until the end, so the next one takes the next heap.
-    let (stay_tx, stay_rx) = mpsc::channel::<()>();
-    let stay_rx = std::sync::Arc::new(Mutex::new(stay_rx));
-    let mut bystanders = Vec::new();
-    let mut adopter = None;
-    for _ in 0..8 {
-        let (got_tx, got_rx) = mpsc::channel::<bool>();
-        let (go_tx, go) = mpsc::channel::<()>();
-        let r: Vec<usize> = blocks[1..].to_vec();
-        let res = res_tx.clone();
-        let stay = stay_rx.clone();
-        let t = std::thread::spawn(move || {
-            let mut probe = Vec::<u8>::with_capacity(SIZE);
-            probe.push(1);
-            let adopted = probe.as_ptr() as usize & !(CHUNK - 1) == base;
-            drop(probe);
-            got_tx.send(adopted).unwrap();
-            if !adopted {
-                let _ = stay.lock().unwrap().recv();
-                return;
+    common::in_child(
+        "queued_chunk_of_an_adopted_heap_waits_for_its_pending_push",
+        &[],
+        || {
+            let _g = setup();
+            // The freer takes a heap first, so that it does not adopt A's: A is
+            // started only once the freer has its heap (on a loaded machine the
+            // freer's first allocation could otherwise come after A's exit, adopt
+            // A's heap, and its free would be local: it would never park).
+            let (tx, rx) = mpsc::channel::<()>();
+            let (blk_tx, blk_rx) = mpsc::channel::<usize>();
+            let (ready_tx, ready_rx) = mpsc::channel::<()>();
+            let freer = std::thread::spawn(move || {
+                drop(std::hint::black_box(vec![0u8; 64]));
+                ready_tx.send(()).unwrap();
+                let first = blk_rx.recv().unwrap();
+                free_block(first); // claims the armed chunk, parks before queuing
+                tx.send(()).unwrap();
+            });
+            ready_rx.recv().unwrap();
+            // Thread A: a few blocks in one attached chunk, then exit (abandon).
+            let (base, blocks) = std::thread::spawn(|| {
+                let mut v = Vec::new();
+                for _ in 0..4 {
+                    let mut b = Vec::<u8>::with_capacity(SIZE);
+                    b.resize(SIZE, 0xA5);
+                    v.push(b.as_mut_ptr() as usize);
+                    std::mem::forget(b);
+                }
+                let base = v[0] & !(CHUNK - 1);
+                v.retain(|&p| p & !(CHUNK - 1) == base);
+                (base, v)
+            })
+            .join()
+            .unwrap();
+            assert!(blocks.len() >= 2, "two blocks in the first chunk");
+            TARGET.store(base, Ordering::Release);
+            ARMED.store(true, Ordering::Release);
+            blk_tx.send(blocks[0]).unwrap();
+            wait_parked();
+            // Thread B adopts the abandoned heap, frees the rest locally and
+            // purges; it reports whether the chunk is still mapped, then purges
+            // again once the freer has queued it.
+            let (res_tx, res_rx) = mpsc::channel::<(bool, bool)>();
+            // A thread that exits meanwhile (the previous test's) may put its heap
+            // on the abandoned list above A's; threads that adopt another heap keep
+            // it (stay alive) until the end, so the next one takes the next heap.
+            let (stay_tx, stay_rx) = mpsc::channel::<()>();
+            let stay_rx = std::sync::Arc::new(Mutex::new(stay_rx));
+            let mut bystanders = Vec::new();
+            let mut adopter = None;
+            for _ in 0..8 {
+                let (got_tx, got_rx) = mpsc::channel::<bool>();
+                let (go_tx, go) = mpsc::channel::<()>();
+                let r: Vec<usize> = blocks[1..].to_vec();
+                let res = res_tx.clone();
+                let stay = stay_rx.clone();
+                let t = std::thread::spawn(move || {
+                    let mut probe = Vec::<u8>::with_capacity(SIZE);
+                    probe.push(1);
+                    let adopted = probe.as_ptr() as usize & !(CHUNK - 1) == base;
+                    drop(probe);
+                    got_tx.send(adopted).unwrap();
+                    if !adopted {
+                        let _ = stay.lock().unwrap().recv();
+                        return;
+                    }
+                    for &p in &r {
+                        free_block(p);
+                    }
+                    chunkmalloc::purge();
+                    res.send((adopted, mapped(base))).unwrap();
+                    go.recv().unwrap();
+                    chunkmalloc::purge();
+                    res.send((adopted, mapped(base))).unwrap();
+                });
+                if got_rx.recv().unwrap() {
+                    adopter = Some((t, go_tx));
+                    break;
+                }
+                bystanders.push(t);
             }
-            for &p in &r {
-                free_block(p);
+            let (adopter, go_tx) = adopter
+                .expect("a new thread adopted the abandoned heap (or the test shows nothing)");
+            let (adopted, kept) = res_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert!(adopted);
+            assert!(
+                kept,
+                "a queued chunk was retired (and unmapped) before it reached the pending stack"
+            );
+            RESUME.store(true, Ordering::Release);
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("freer finishes");
+            freer.join().unwrap();
+            go_tx.send(()).unwrap();
+            drop(stay_tx);
+            for t in bystanders {
+                let _ = t.join();
             }
-            chunkmalloc::purge();
-            res.send((adopted, mapped(base))).unwrap();
-            go.recv().unwrap();
-            chunkmalloc::purge();
-            res.send((adopted, mapped(base))).unwrap();
-        });
-        if got_rx.recv().unwrap() {
-            adopter = Some((t, go_tx));
-            break;
-        }
-        bystanders.push(t);
-    }
-    let (adopter, go_tx) =
-        adopter.expect("a new thread adopted the abandoned heap (or the test shows nothing)");
-    let (adopted, kept) = res_rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    assert!(adopted);
-    assert!(
-        kept,
-        "a queued chunk was retired (and unmapped) before it reached the pending stack"
+            // The second purge takes the chunk off the pending stack (a debug
+            // build checks there that it is still queued) and retires it. Whether
+            // its address is unmapped afterwards is not asserted: a new mapping of
+            // another thread may land there at once.
+            let (_, still) = res_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            adopter.join().unwrap();
+            eprintln!("after the second purge the chunk is mapped: {still}");
+            hooks::set(None);
+        },
     );
-    RESUME.store(true, Ordering::Release);
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("freer finishes");
-    freer.join().unwrap();
-    go_tx.send(()).unwrap();
-    drop(stay_tx);
-    for t in bystanders {
-        let _ = t.join();
-    }
-    // The second purge takes the chunk off the pending stack (a debug
-    // build checks there that it is still queued) and retires it. Whether
-    // its address is unmapped afterwards is not asserted: a new mapping of
-    // another thread may land there at once.
-    let (_, still) = res_rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    adopter.join().unwrap();
-    eprintln!("after the second purge the chunk is mapped: {still}");
-    hooks::set(None);
 }
