@@ -170,7 +170,8 @@ int main(int argc, char **argv)
         }
         unsigned char *old = slot[i];
         if (old && slot_size[i] > 0 &&
-            (old[0] != (unsigned char)slot_size[i] || old[slot_size[i] - 1] != (unsigned char)i))
+            (old[0] != (unsigned char)slot_size[i] ||
+             (slot_size[i] > 1 && old[slot_size[i] - 1] != (unsigned char)i)))
             corrupt++;
         got_signal = 0;
         where = 2;
@@ -187,8 +188,10 @@ int main(int argc, char **argv)
         if (!p) {
             nulls++;
         } else if (n > 0) {
-            p[0] = (unsigned char)n;
+            /* The size in the first byte, the slot in the last: a 1-byte
+             * block holds only the size (it reported "corrupted" before). */
             p[n - 1] = (unsigned char)i;
+            p[0] = (unsigned char)n;
         }
     }
     kill(sender_pid, SIGKILL);
