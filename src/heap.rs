@@ -1776,18 +1776,23 @@ pub unsafe fn usable_size(p: *mut u8) -> Option<usize> {
                 let start = Chunk::block_start(c, p);
                 Some(start as usize + (*c).block_size as usize - p as usize)
             }
-            Kind::Large | Kind::Huge => {
-                if p == c.cast::<u8>().add((*c).obj_offset) {
-                    // Large objects end at the last charged page (the
-                    // rest of the chunk is not committed); huge mappings
-                    // are charged whole.
-                    Some(Chunk::charged(c) - (*c).obj_offset)
-                } else {
-                    None
-                }
-            }
+            Kind::Large | Kind::Huge => object_usable(c, p),
             Kind::Cached => None,
         }
+    }
+}
+
+/// Usable bytes of the large or huge object of chunk `c` if `p` is its
+/// start (None otherwise): large objects end at the last charged page (the
+/// rest of the chunk is not committed); huge mappings are charged whole.
+///
+/// # Safety
+/// `c` is the live header of a large or huge chunk.
+unsafe fn object_usable(c: *mut Chunk, p: *mut u8) -> Option<usize> {
+    // SAFETY: per the contract.
+    unsafe {
+        let off = (*c).obj_offset;
+        (p == c.cast::<u8>().add(off)).then(|| Chunk::charged(c) - off)
     }
 }
 
@@ -1848,13 +1853,10 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> InPlace {
 unsafe fn resize_object_in_place(c: *mut Chunk, p: *mut u8, new_size: usize) -> InPlace {
     // SAFETY: per the contract.
     unsafe {
-        let off = (*c).obj_offset;
-        if p != c.cast::<u8>().add(off) {
+        let Some(usable) = object_usable(c, p) else {
             return InPlace::Invalid;
-        }
-        // Large objects end at the last charged page (the rest of the
-        // chunk is not committed); huge mappings are charged whole.
-        let usable = Chunk::charged(c) - off;
+        };
+        let off = (*c).obj_offset;
         if (*c).kind == Kind::Huge {
             return InPlace::Moves(usable);
         }

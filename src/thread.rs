@@ -674,10 +674,10 @@ pub unsafe fn realloc_checked(p: *mut u8, new_size: usize, align: usize) -> Opti
     if p.is_null() {
         return Some(malloc_aligned(new_size, align, false));
     }
-    // SAFETY: `p` is live or foreign; every helper checks the chunk map.
     // The in-place answer is the common case (a string grown by appends
     // stays in its block most steps): everything else is out of line, so
     // this path saves no registers.
+    // SAFETY: `p` is live or foreign; every helper checks the chunk map.
     unsafe {
         match heap::resize_in_place(p, new_size) {
             heap::InPlace::Done => Some(p),
