@@ -1024,7 +1024,7 @@ unsafe fn move_pieces(pieces: &[*mut Chunk], t: *mut u8, mut at: usize, len: usi
     dirty
 }
 
-/// Whether [`remap_chunk`] may move a mapping it cannot resize in place.
+/// Whether [`grow_chunk`] may move a mapping it cannot resize in place.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Moves {
     Never,
@@ -1035,35 +1035,32 @@ enum Moves {
     Atomic,
 }
 
-/// Resizes the mapping of chunk `c` (header at its 64 KiB-aligned base) to
-/// `new_len` bytes: in place when the kernel can, else (as `moves` allows)
-/// by moving its pages onto a fresh target ([`map_huge`]) with
-/// `mremap(MREMAP_FIXED)`, which copies nothing. Keeps the chunk map and
-/// the budget exact. Returns the new base, or null with the old mapping
-/// intact, registered and counted as before.
+/// Grows the mapping of chunk `c` (header at its 64 KiB-aligned base) to
+/// `new_len` bytes (more than it has: [`realloc_huge`] handles every size
+/// within the mapping itself): in place when the kernel can, else (as
+/// `moves` allows) by moving its pages onto a fresh target ([`map_huge`])
+/// with `mremap(MREMAP_FIXED)`, which copies nothing, and filling the
+/// growth with cached mappings' pages before fresh ones. Keeps the chunk
+/// map and the budget exact. Returns the new base, or null with the old
+/// mapping intact, registered and counted as before.
 ///
 /// # Safety
 /// The caller owns `c` exclusively (it holds an object the caller is
-/// resizing); `c` is registered and its `size` bytes
-/// are counted in the budget.
-unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
+/// resizing); `c` is registered and its `size` bytes are counted in the
+/// budget; `new_len > (*c).size`.
+unsafe fn grow_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
     // SAFETY: per the contract.
     unsafe {
         let base = c.cast::<u8>();
         let old = (*c).size;
-        if new_len == old {
-            return base;
-        }
-        if new_len > old && !budget::GLOBAL.try_reserve(new_len - old) {
+        check!(new_len > old, "grow_chunk only grows");
+        if !budget::GLOBAL.try_reserve(new_len - old) {
             return ptr::null_mut();
         }
-        let undo_growth = || {
-            if new_len > old {
-                budget::GLOBAL.release(new_len - old);
-            }
-        };
-        // Unregister before any remap gives address space back: once it is
-        // unmapped another thread may map and register it at once.
+        let undo_growth = || budget::GLOBAL.release(new_len - old);
+        // Unregistered before a move gives the old range back: once it is
+        // unmapped another thread may map and register it at once. Every
+        // failure below registers it again.
         chunk_map::unregister(base as usize, old);
         let resized = os::resize_in_place(base, old, new_len);
         let new_base = if resized == os::Resize::Done {
@@ -1091,26 +1088,19 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
             }
             // Moved at its own length: the kernel cannot resize a range
             // that spans several VMAs (a gathered mapping does, one per
-            // piece: `gather_huge`), and the target's own pages already
-            // cover the rest.
-            let moved = old.min(new_len);
-            if !os::remap_to(base, moved, moved, t) {
+            // piece: `gather_huge`).
+            if !os::remap_to(base, old, old, t) {
                 chunk_map::unregister(t as usize, new_len);
                 os::unmap(t, new_len);
                 undo_growth();
                 chunk_map::register(base as usize, old, c as usize);
                 return ptr::null_mut();
             }
-            if moved < old {
-                // Unregistered above with the rest of the old range.
-                os::unmap(base.add(moved), old - moved);
-            } else if moved < new_len {
-                // The growth comes from cached mappings as far as they
-                // reach, like a gather; only the rest faults in afresh.
-                let mut pieces = [ptr::null_mut(); HUGE_SLOTS];
-                let n = GLOBAL_CACHE.take_huge(new_len - moved, &mut pieces);
-                move_pieces(&pieces[..n], t, moved, new_len);
-            }
+            // The growth comes from cached mappings as far as they reach,
+            // like a gather; only the rest faults in afresh.
+            let mut pieces = [ptr::null_mut(); HUGE_SLOTS];
+            let n = GLOBAL_CACHE.take_huge(new_len - old, &mut pieces);
+            move_pieces(&pieces[..n], t, old, new_len);
             t
         };
         if new_base == base && !chunk_map::register(base as usize, new_len, base as usize) {
@@ -1120,9 +1110,6 @@ unsafe fn remap_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
             undo_growth();
             chunk_map::register(base as usize, old, c as usize);
             return ptr::null_mut();
-        }
-        if new_len < old {
-            budget::GLOBAL.release(old - new_len);
         }
         (*new_base.cast::<Chunk>()).size = new_len;
         new_base
@@ -1881,7 +1868,7 @@ unsafe fn resize_object_in_place(c: *mut Chunk, p: *mut u8, new_size: usize) -> 
 
 /// Resizes a huge object: within its mapping when it fits (cutting off
 /// and caching a rest that could be a huge mapping of its own), else by
-/// [`remap_chunk`], whose growth takes cached mappings' pages before fresh
+/// [`grow_chunk`], whose growth takes cached mappings' pages before fresh
 /// ones. Null if `p` is not huge or the kernel/budget refuses (the object
 /// is then unchanged).
 ///
@@ -1921,7 +1908,7 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
         } else {
             Moves::Never
         };
-        let new_base = remap_chunk(c, new_len, moves);
+        let new_base = grow_chunk(c, new_len, moves);
         if new_base.is_null() {
             return new_base;
         }
