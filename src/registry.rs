@@ -322,13 +322,22 @@ pub(crate) fn tick(me: *mut Heap) {
     // SAFETY: `me` is the caller's heap; maintenance needs its lock.
     unsafe {
         (*me).lock.lock();
-        if budget::GLOBAL.under_pressure() {
+        let tidied = if budget::GLOBAL.under_pressure() {
             // Near the cap, empty chunks this heap keeps attached (its
             // current ones) are what no other thread can reclaim.
             heap::collect(me, true);
-        }
+            true
+        } else {
+            heap::tidy(me, now)
+        };
         (*me).provider.maintain(now);
         (*me).lock.unlock();
+        if tidied {
+            // Chunks of dead threads' heaps that remote frees emptied
+            // (queued on their pending stacks) go to the global cache now,
+            // not only when some heap is about to map memory.
+            reclaim_abandoned(me);
+        }
     }
     let next = NEXT_SWEEP_MS.load(Ordering::Relaxed);
     if now < next {

@@ -1,0 +1,216 @@
+//! Chunks that hold no live block but that nothing allocates from go back
+//! to the provider without waiting for the owner's bin walk, a sweep or
+//! the thread's exit (its own test binary; every scenario runs in a child
+//! process, so the chunk counts see only that scenario):
+//!
+//! * an empty `current` chunk of one class serves the next class that
+//!   needs a chunk of the same size, before the global cache or new
+//!   memory;
+//! * an attached chunk that is not `current`, whose every block another
+//!   thread freed, is retired by its owner's housekeeping within a few
+//!   milliseconds of slow-path activity, while the owner allocates only
+//!   other classes;
+//! * chunks of a dead thread's heap that remote frees emptied are retired
+//!   by any thread's housekeeping, with no thread mapping memory and the
+//!   periodic sweep out of reach (a one-minute purge delay).
+//!
+//! Each test fails with its mechanism removed (the first: the second
+//! class's block lands in another chunk; the others: the chunk count stays
+//! where it was until the deadline).
+
+mod common;
+
+use std::alloc::{alloc, dealloc, Layout};
+use std::time::{Duration, Instant};
+
+use chunkmalloc::stats;
+use common::in_child;
+
+#[global_allocator]
+static GLOBAL: chunkmalloc::ChunkMalloc = chunkmalloc::ChunkMalloc;
+
+/// Slab chunks are 64 KiB-aligned for blocks below 16 KiB.
+const CHUNK: usize = 64 * 1024;
+/// A block size no other code in the test process uses (its class holds
+/// 21 blocks per chunk).
+const SIZE: usize = 3000;
+/// A minute: the periodic sweep (every two purge delays) cannot run
+/// during a test, so only the mechanism under test can retire chunks.
+const LONG_DELAY: &[(&str, &str)] = &[("CHUNKMALLOC_PURGE_DELAY_MS", "60000")];
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+fn granule(p: usize) -> usize {
+    p & !(CHUNK - 1)
+}
+
+/// Allocates `n` blocks of [`SIZE`], each filled with its index.
+fn blocks(n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            // SAFETY: a non-zero size.
+            let p = unsafe { alloc(layout(SIZE)) };
+            assert!(!p.is_null());
+            // SAFETY: `p` holds SIZE bytes.
+            unsafe { p.write_bytes(i as u8, SIZE) };
+            p as usize
+        })
+        .collect()
+}
+
+/// Checks and frees one block from [`blocks`].
+fn free_block(p: usize, i: usize) {
+    let p = p as *mut u8;
+    // SAFETY: a live block of SIZE bytes from `blocks`.
+    unsafe {
+        assert!(
+            (0..SIZE).all(|k| *p.add(k) == i as u8),
+            "block {i} lost its contents"
+        );
+        dealloc(p, layout(SIZE));
+    }
+}
+
+/// Gives the class [`tick_until_slab_chunks`] uses a chunk before the
+/// scenario counts chunks (acquiring it later could reclaim from other
+/// heaps on the way, or add a chunk), and keeps one block in it for the
+/// rest of the (child) process so that it is never an empty current chunk
+/// another class could take.
+fn warm() {
+    // SAFETY: a non-zero size; the block is deliberately never freed.
+    let p = unsafe { alloc(layout(100)) };
+    assert!(!std::hint::black_box(p).is_null());
+}
+
+/// Runs slow-path allocations of another class (an alloc/free pair of a
+/// 100-byte block refills from its own frees through the slow path every
+/// other allocation, and housekeeping ticks every 16th slow path) until
+/// `stats().slab_chunks` is at most `target`, or two seconds pass.
+/// Returns the last count seen.
+fn tick_until_slab_chunks(target: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        for _ in 0..256 {
+            // SAFETY: a non-zero size; freed at once.
+            unsafe {
+                // `black_box`: the compiler may remove an allocation whose
+                // memory is never read.
+                let p = std::hint::black_box(alloc(layout(100)));
+                assert!(!p.is_null());
+                p.write(1);
+                dealloc(std::hint::black_box(p), layout(100));
+            }
+        }
+        let n = stats().slab_chunks;
+        if n <= target || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn idle_current_serves_another_class() {
+    in_child("idle_current_serves_another_class", &[], || {
+        // Retires every empty current chunk of this heap and decommits the
+        // global cache, which then holds chunks a new class could take.
+        chunkmalloc::purge();
+        // SAFETY: non-zero sizes; each block is freed once.
+        unsafe {
+            let x = alloc(layout(5000));
+            assert!(!x.is_null());
+            x.write_bytes(7, 5000);
+            dealloc(x, layout(5000));
+            // 7000 B is another class with a 64 KiB chunk; the only empty
+            // current chunk is the 5000 B class's.
+            let y = alloc(layout(7000));
+            assert!(!y.is_null());
+            y.write_bytes(9, 7000);
+            assert!((0..7000).all(|k| *y.add(k) == 9));
+            assert_eq!(
+                granule(y as usize),
+                granule(x as usize),
+                "the 7000 B block ({y:p}) is not in the empty chunk the 5000 B class \
+                 left ({x:p})"
+            );
+            dealloc(y, layout(7000));
+        }
+    });
+}
+
+#[test]
+fn chunk_emptied_remotely_is_retired_by_its_owner() {
+    in_child(
+        "chunk_emptied_remotely_is_retired_by_its_owner",
+        LONG_DELAY,
+        || {
+            warm();
+            // Three chunks' worth: the first two fill up and are detached,
+            // the last is the class's current chunk.
+            let ps = blocks(60);
+            let a = granule(ps[0]);
+            assert_ne!(granule(ps[59]), a, "60 blocks of 3000 B fit one chunk");
+            let in_a: Vec<usize> = (0..ps.len()).filter(|&i| granule(ps[i]) == a).collect();
+            assert!(in_a.len() > 2, "chunk A holds {} blocks", in_a.len());
+            // A local free brings the full chunk back: attached, behind the
+            // current chunk.
+            free_block(ps[in_a[0]], in_a[0]);
+            // Another thread frees the rest of chunk A.
+            let rest: Vec<(usize, usize)> = in_a[1..].iter().map(|&i| (ps[i], i)).collect();
+            std::thread::spawn(move || {
+                for (p, i) in rest {
+                    free_block(p, i);
+                }
+            })
+            .join()
+            .unwrap();
+            let before = stats().slab_chunks;
+            let after = tick_until_slab_chunks(before - 1);
+            assert!(
+                after < before,
+                "chunk A, with every block freed, is still attached: slab chunks \
+                 {before} -> {after}"
+            );
+            for (i, &p) in ps.iter().enumerate() {
+                if granule(p) != a {
+                    free_block(p, i);
+                }
+            }
+        },
+    );
+}
+
+#[test]
+fn dead_heap_chunks_emptied_remotely_are_retired() {
+    in_child(
+        "dead_heap_chunks_emptied_remotely_are_retired",
+        LONG_DELAY,
+        || {
+            warm();
+            // A thread allocates three chunks' worth and exits: its heap is
+            // abandoned with them attached (or detached as full) and armed.
+            let ps = std::thread::spawn(|| blocks(60)).join().unwrap();
+            let chunks = {
+                let mut g: Vec<usize> = ps.iter().map(|&p| granule(p)).collect();
+                g.sort();
+                g.dedup();
+                g.len()
+            };
+            assert!(chunks >= 3, "60 blocks of 3000 B in {chunks} chunks");
+            // Freed here, remotely: each chunk's first free queues it on the
+            // dead heap's pending stack.
+            for (i, &p) in ps.iter().enumerate() {
+                free_block(p, i);
+            }
+            let before = stats().slab_chunks;
+            let after = tick_until_slab_chunks(before - chunks);
+            assert!(
+                after <= before - chunks,
+                "the dead heap's {chunks} emptied chunks were not all retired: slab chunks \
+             {before} -> {after}"
+            );
+        },
+    );
+}
