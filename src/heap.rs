@@ -607,6 +607,9 @@ unsafe fn acquire_chunk(heap: *mut Heap, cls: usize, need: usize) -> *mut Chunk 
                     return c;
                 }
             }
+            if cls != 0 {
+                GLOBAL_CACHE.trim_slabs(chunk_class_size(cls), p.budget());
+            }
             let c = p.map_new(cls, need);
             if !c.is_null() {
                 return c;
@@ -881,6 +884,7 @@ fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     if !budget::GLOBAL.try_reserve(len) {
         return ptr::null_mut();
     }
+    GLOBAL_CACHE.trim_slabs(len, &budget::GLOBAL);
     let base = if align <= CHUNK_SIZE {
         map_huge(len)
     } else {
@@ -1097,6 +1101,7 @@ unsafe fn grow_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
         if !budget::GLOBAL.try_reserve(new_len - old) {
             return ptr::null_mut();
         }
+        GLOBAL_CACHE.trim_slabs(new_len - old, &budget::GLOBAL);
         let undo_growth = || budget::GLOBAL.release(new_len - old);
         // Unregistered before a move gives the old range back: once it is
         // unmapped another thread may map and register it at once. Every

@@ -6,6 +6,8 @@
 //!   within a few MiB of its start.
 //! * Without `purge()`: with a zero or short purge delay, freed chunks are
 //!   decommitted by the allocator's own slow-path housekeeping.
+//! * Cached small-object chunks are decommitted when a huge mapping is
+//!   made, however long the purge delay.
 
 mod common;
 
@@ -235,4 +237,53 @@ fn memory_of_exited_threads_is_returned() {
         report("freed by main + purge", &s2);
         assert_returned(&s0, &s1, &s2, added, 8 * MIB, "freed by main + purge");
     });
+}
+
+/// Cached small-object chunks give way when the program maps huge memory:
+/// a fresh huge mapping decommits about as many bytes of the oldest
+/// cached 64 KiB chunks (`GlobalCache::trim_slabs`), so the two peaks do
+/// not stack, whatever the purge delay (a minute here). Fails with the
+/// trim removed: the cache keeps its ~6 MiB and `committed` grows by the
+/// whole mapping.
+#[test]
+fn cached_slab_chunks_give_way_to_a_huge_mapping() {
+    in_child(
+        "cached_slab_chunks_give_way_to_a_huge_mapping",
+        &[("CHUNKMALLOC_PURGE_DELAY_MS", "60000")],
+        || {
+            // ~8 MiB of 1000 B blocks, then all freed: their chunks go to
+            // the heap's local cache (up to 2 MiB) and the global cache.
+            let blocks: Vec<Vec<u8>> = (0..8192).map(|i| vec![i as u8; 1000]).collect();
+            for (i, b) in blocks.iter().enumerate() {
+                assert!(
+                    b.iter().all(|&x| x == i as u8),
+                    "block {i} lost its contents"
+                );
+            }
+            drop(blocks);
+            let before = snap();
+            assert!(
+                before.cached >= 6 * MIB,
+                "the freed chunks were not cached: {} KiB",
+                before.cached / KIB
+            );
+            let mut big = vec![0u8; 6 * MIB];
+            big[6 * MIB - 1] = 1;
+            let after = snap();
+            report("before", &before);
+            report("after", &after);
+            assert!(
+                before.cached - after.cached >= 5 * MIB,
+                "cached slab chunks kept beside a fresh 6 MiB mapping: cached {} -> {} KiB",
+                before.cached / KIB,
+                after.cached / KIB
+            );
+            assert!(
+                after.committed < before.committed + 2 * MIB,
+                "committed grew by {} KiB for a 6 MiB mapping while slab chunks were cached",
+                (after.committed - before.committed) / KIB
+            );
+            assert_eq!(big.iter().map(|&x| x as usize).sum::<usize>(), 1);
+        },
+    );
 }
