@@ -534,7 +534,7 @@ unsafe fn decommit_chunk(c: *mut Chunk, budget: &Budget) -> usize {
 ///
 /// # Safety
 /// The caller holds `c` exclusively (no live object at or beyond `keep`).
-unsafe fn decommit_tail(c: *mut Chunk, keep: usize, budget: &Budget) -> usize {
+pub(crate) unsafe fn decommit_tail(c: *mut Chunk, keep: usize, budget: &Budget) -> usize {
     // SAFETY: exclusive access per the contract; the range is inside it.
     unsafe {
         let have = Chunk::charged(c);

@@ -14,6 +14,11 @@
 //!   by any thread's housekeeping, with no thread mapping memory and the
 //!   periodic sweep out of reach (a one-minute purge delay).
 //!
+//! * a chunk reused by a class that carves little of it gives back the
+//!   pages an earlier use touched beyond its carve cursor, once the cursor
+//!   has stood still for a few housekeeping ticks; carving on afterwards
+//!   charges and fills them again.
+//!
 //! Each test fails with its mechanism removed (the first: the second
 //! class's block lands in another chunk; the others: the chunk count stays
 //! where it was until the deadline).
@@ -87,9 +92,8 @@ fn warm() {
 /// Runs slow-path allocations of another class (an alloc/free pair of a
 /// 100-byte block refills from its own frees through the slow path every
 /// other allocation, and housekeeping ticks every 16th slow path) until
-/// `stats().slab_chunks` is at most `target`, or two seconds pass.
-/// Returns the last count seen.
-fn tick_until_slab_chunks(target: usize) -> usize {
+/// `done()`, or two seconds pass.
+fn tick_until(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         for _ in 0..256 {
@@ -103,12 +107,18 @@ fn tick_until_slab_chunks(target: usize) -> usize {
                 dealloc(std::hint::black_box(p), layout(100));
             }
         }
-        let n = stats().slab_chunks;
-        if n <= target || Instant::now() > deadline {
-            return n;
+        if done() || Instant::now() > deadline {
+            return;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// [`tick_until`] `stats().slab_chunks` is at most `target`; returns the
+/// last count.
+fn tick_until_slab_chunks(target: usize) -> usize {
+    tick_until(|| stats().slab_chunks <= target);
+    stats().slab_chunks
 }
 
 #[test]
@@ -211,6 +221,86 @@ fn dead_heap_chunks_emptied_remotely_are_retired() {
                 "the dead heap's {chunks} emptied chunks were not all retired: slab chunks \
              {before} -> {after}"
             );
+        },
+    );
+}
+
+#[test]
+fn reused_chunk_gives_back_pages_beyond_its_cursor() {
+    in_child(
+        "reused_chunk_gives_back_pages_beyond_its_cursor",
+        LONG_DELAY,
+        || {
+            warm();
+            // No cached chunk and no other empty current chunk from here on.
+            chunkmalloc::purge();
+            // 60 blocks of 1000 B carve a 64 KiB chunk nearly to its end;
+            // freed, it stays as the class's empty current chunk.
+            let xs: Vec<usize> = (0..60)
+                .map(|i| {
+                    // SAFETY: a non-zero size.
+                    let p = unsafe { alloc(layout(1000)) };
+                    assert!(!p.is_null());
+                    // SAFETY: `p` holds 1000 bytes.
+                    unsafe { p.write_bytes(i as u8, 1000) };
+                    p as usize
+                })
+                .collect();
+            let x = granule(xs[0]);
+            assert!(
+                xs.iter().all(|&p| granule(p) == x),
+                "60 blocks of 1000 B in one chunk"
+            );
+            for &p in &xs {
+                // SAFETY: freed once.
+                unsafe { dealloc(p as *mut u8, layout(1000)) };
+            }
+            // Another class takes that chunk and carves one 5000 B block
+            // (two pages) of it; ~56 KiB stay charged beyond the cursor.
+            // SAFETY: a non-zero size.
+            let y = unsafe { alloc(layout(5000)) };
+            assert!(!y.is_null());
+            assert_eq!(
+                granule(y as usize),
+                x,
+                "the 5000 B block took the idle chunk"
+            );
+            // SAFETY: `y` holds 5000 bytes.
+            unsafe { y.write_bytes(0x5a, 5000) };
+            let before = stats().committed;
+            tick_until(|| stats().committed + 40 * 1024 <= before);
+            let after = stats().committed;
+            assert!(
+                after + 40 * 1024 <= before,
+                "the reused chunk kept its pages beyond the cursor: committed {before} -> {after}"
+            );
+            // Carving on charges and faults the pages again.
+            let more: Vec<usize> = (0..11)
+                .map(|i| {
+                    // SAFETY: a non-zero size.
+                    let p = unsafe { alloc(layout(5000)) };
+                    assert!(!p.is_null());
+                    // SAFETY: `p` holds 5000 bytes.
+                    unsafe { p.write_bytes(i as u8 + 1, 5000) };
+                    p as usize
+                })
+                .collect();
+            // SAFETY: the blocks are live and 5000 bytes long.
+            unsafe {
+                assert!(
+                    (0..5000).all(|k| *y.add(k) == 0x5a),
+                    "the first block lost its contents"
+                );
+                for (i, &p) in more.iter().enumerate() {
+                    let p = p as *mut u8;
+                    assert!(
+                        (0..5000).all(|k| *p.add(k) == i as u8 + 1),
+                        "block {i} lost its contents"
+                    );
+                    dealloc(p, layout(5000));
+                }
+                dealloc(y, layout(5000));
+            }
         },
     );
 }
