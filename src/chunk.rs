@@ -11,8 +11,13 @@
 //! * **large**: one object in an oversized, cacheable chunk.
 //! * **huge**: one object in its own mapping (not cached, `mremap`ped).
 //!
-//! The header's first cache line is the owner's; the second holds what
-//! other threads write (`remote`, `link`).
+//! The header's first cache line is the owner's (the fast paths' lists
+//! and counters, written on every allocation); the second holds what other
+//! threads touch: `remote`, `link`, and `tag`, which every free reads. A
+//! remote free then touches one line, the one its CAS needs anyway; with
+//! `tag` on the owner's line, which the owner's allocations keep taking
+//! back, it missed on both (`prodcons`, where consumers only free, ran
+//! 12 % faster with the move; `docs/PERF.md`).
 //!
 //! [`ChunkStack`] is the intrusive stack of chunks used by the provider's
 //! shared cache and the heap's pending list.
@@ -67,7 +72,8 @@ pub enum Kind {
 }
 
 /// The chunk header. `repr(C)` and 64-byte aligned: the owner's fields sit
-/// in the first cache line, remotely written ones in the second.
+/// in the first cache line; remotely written ones, and the `tag` every
+/// free reads, in the second.
 #[repr(C, align(64))]
 pub struct Chunk {
     // ---- line 0: owner ----
@@ -98,12 +104,8 @@ pub struct Chunk {
     pub bump: *mut u8,
     /// End of the block area.
     pub end: *mut u8,
-    /// The owning heap's address (opaque here, 64-byte aligned) with the
-    /// `FLAG_*` bits in its low bits, so the free fast path checks "mine, a
-    /// plain attached slab" with one compare: `tag == heap`. Written only by
-    /// the owner (or by whoever holds the chunk exclusively); read by any
-    /// thread on free.
-    pub tag: AtomicUsize,
+    /// See `next`.
+    pub prev: *mut Chunk,
     /// Owner-only doubly linked list (heap bin, provider local cache).
     pub next: *mut Chunk,
 
@@ -111,6 +113,12 @@ pub struct Chunk {
     /// Blocks freed by other threads, their count and the full-chunk
     /// notification state, in one word (see [`crate::remote`]).
     pub remote: RemoteList,
+    /// The owning heap's address (opaque here, 64-byte aligned) with the
+    /// `FLAG_*` bits in its low bits, so the free fast path checks "mine, a
+    /// plain attached slab" with one compare: `tag == heap`. Written only by
+    /// the owner (or by whoever holds the chunk exclusively); read by any
+    /// thread on free.
+    pub tag: AtomicUsize,
     /// The cached chunk's data pages are decommitted.
     pub decommitted: bool,
     _pad1: [u8; 3],
@@ -131,11 +139,17 @@ pub struct Chunk {
     pub obj_size: usize,
     /// When the chunk entered a cache (ms, `os::now_ms`).
     pub cached_at: u64,
-    /// See `next` (kept on this line so line 0 fits the fast path).
-    pub prev: *mut Chunk,
 }
 
 const _: () = assert!(core::mem::size_of::<Chunk>() == HEADER_SIZE);
+// A remote free reads `tag` and then CASes `remote`: one line. The fast
+// path's `free` and `used` share the other one.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Chunk, tag) / 64 == offset_of!(Chunk, remote) / 64);
+    assert!(offset_of!(Chunk, free) / 64 == 0 && offset_of!(Chunk, used) / 64 == 0);
+    assert!(offset_of!(Chunk, tag) / 64 == 1);
+};
 
 /// A statically allocated, never-written empty slab: the fast path of an
 /// uninitialised heap finds `free == null` here and takes the slow path.
