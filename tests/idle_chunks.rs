@@ -51,30 +51,45 @@ fn granule(p: usize) -> usize {
     p & !(CHUNK - 1)
 }
 
-/// Allocates `n` blocks of [`SIZE`], each filled with its index.
-fn blocks(n: usize) -> Vec<usize> {
+/// Allocates `n` blocks of `size` bytes, each filled with its index.
+fn blocks(n: usize, size: usize) -> Vec<usize> {
     (0..n)
         .map(|i| {
             // SAFETY: a non-zero size.
-            let p = unsafe { alloc(layout(SIZE)) };
+            let p = unsafe { alloc(layout(size)) };
             assert!(!p.is_null());
-            // SAFETY: `p` holds SIZE bytes.
-            unsafe { p.write_bytes(i as u8, SIZE) };
+            // SAFETY: `p` holds `size` bytes.
+            unsafe { p.write_bytes(i as u8, size) };
             p as usize
         })
         .collect()
 }
 
-/// Checks and frees one block from [`blocks`].
-fn free_block(p: usize, i: usize) {
+/// Checks and frees block `i` of `size` bytes from [`blocks`].
+fn free_block(p: usize, i: usize, size: usize) {
     let p = p as *mut u8;
-    // SAFETY: a live block of SIZE bytes from `blocks`.
+    // SAFETY: a live block of `size` bytes from `blocks`.
     unsafe {
         assert!(
-            (0..SIZE).all(|k| *p.add(k) == i as u8),
+            (0..size).all(|k| *p.add(k) == i as u8),
             "block {i} lost its contents"
         );
-        dealloc(p, layout(SIZE));
+        dealloc(p, layout(size));
+    }
+}
+
+/// `n` allocations of a 100-byte block, each freed at once.
+fn pairs_100(n: usize) {
+    for _ in 0..n {
+        // SAFETY: a non-zero size; freed at once.
+        unsafe {
+            // `black_box`: the compiler may remove an allocation whose
+            // memory is never read.
+            let p = std::hint::black_box(alloc(layout(100)));
+            assert!(!p.is_null());
+            p.write(1);
+            dealloc(std::hint::black_box(p), layout(100));
+        }
     }
 }
 
@@ -83,14 +98,7 @@ fn free_block(p: usize, i: usize) {
 /// the class last did, and a one-block alloc/free loop takes it once per
 /// page of blocks (36 allocations of 100 B).
 fn idle_a_while() {
-    for _ in 0..64 * 1024 {
-        // SAFETY: a non-zero size; freed at once.
-        unsafe {
-            let p = std::hint::black_box(alloc(layout(100)));
-            assert!(!p.is_null());
-            dealloc(std::hint::black_box(p), layout(100));
-        }
-    }
+    pairs_100(64 * 1024);
 }
 
 /// Gives the class [`tick_until_slab_chunks`] uses a chunk before the
@@ -111,17 +119,7 @@ fn warm() {
 fn tick_until(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        for _ in 0..256 {
-            // SAFETY: a non-zero size; freed at once.
-            unsafe {
-                // `black_box`: the compiler may remove an allocation whose
-                // memory is never read.
-                let p = std::hint::black_box(alloc(layout(100)));
-                assert!(!p.is_null());
-                p.write(1);
-                dealloc(std::hint::black_box(p), layout(100));
-            }
-        }
+        pairs_100(256);
         if done() || Instant::now() > deadline {
             return;
         }
@@ -213,19 +211,19 @@ fn chunk_emptied_remotely_is_retired_by_its_owner() {
             warm();
             // Three chunks' worth: the first two fill up and are detached,
             // the last is the class's current chunk.
-            let ps = blocks(60);
+            let ps = blocks(60, SIZE);
             let a = granule(ps[0]);
             assert_ne!(granule(ps[59]), a, "60 blocks of 3000 B fit one chunk");
             let in_a: Vec<usize> = (0..ps.len()).filter(|&i| granule(ps[i]) == a).collect();
             assert!(in_a.len() > 2, "chunk A holds {} blocks", in_a.len());
             // A local free brings the full chunk back: attached, behind the
             // current chunk.
-            free_block(ps[in_a[0]], in_a[0]);
+            free_block(ps[in_a[0]], in_a[0], SIZE);
             // Another thread frees the rest of chunk A.
             let rest: Vec<(usize, usize)> = in_a[1..].iter().map(|&i| (ps[i], i)).collect();
             std::thread::spawn(move || {
                 for (p, i) in rest {
-                    free_block(p, i);
+                    free_block(p, i, SIZE);
                 }
             })
             .join()
@@ -239,7 +237,7 @@ fn chunk_emptied_remotely_is_retired_by_its_owner() {
             );
             for (i, &p) in ps.iter().enumerate() {
                 if granule(p) != a {
-                    free_block(p, i);
+                    free_block(p, i, SIZE);
                 }
             }
         },
@@ -255,7 +253,7 @@ fn dead_heap_chunks_emptied_remotely_are_retired() {
             warm();
             // A thread allocates three chunks' worth and exits: its heap is
             // abandoned with them attached (or detached as full) and armed.
-            let ps = std::thread::spawn(|| blocks(60)).join().unwrap();
+            let ps = std::thread::spawn(|| blocks(60, SIZE)).join().unwrap();
             let chunks = {
                 let mut g: Vec<usize> = ps.iter().map(|&p| granule(p)).collect();
                 g.sort();
@@ -266,7 +264,7 @@ fn dead_heap_chunks_emptied_remotely_are_retired() {
             // Freed here, remotely: each chunk's first free queues it on the
             // dead heap's pending stack.
             for (i, &p) in ps.iter().enumerate() {
-                free_block(p, i);
+                free_block(p, i, SIZE);
             }
             let before = stats().slab_chunks;
             let after = tick_until_slab_chunks(before - chunks);
@@ -290,24 +288,14 @@ fn reused_chunk_gives_back_pages_beyond_its_cursor() {
             chunkmalloc::purge();
             // 60 blocks of 1000 B carve a 64 KiB chunk nearly to its end;
             // freed, it stays as the class's empty current chunk.
-            let xs: Vec<usize> = (0..60)
-                .map(|i| {
-                    // SAFETY: a non-zero size.
-                    let p = unsafe { alloc(layout(1000)) };
-                    assert!(!p.is_null());
-                    // SAFETY: `p` holds 1000 bytes.
-                    unsafe { p.write_bytes(i as u8, 1000) };
-                    p as usize
-                })
-                .collect();
+            let xs = blocks(60, 1000);
             let x = granule(xs[0]);
             assert!(
                 xs.iter().all(|&p| granule(p) == x),
                 "60 blocks of 1000 B in one chunk"
             );
-            for &p in &xs {
-                // SAFETY: freed once.
-                unsafe { dealloc(p as *mut u8, layout(1000)) };
+            for (i, &p) in xs.iter().enumerate() {
+                free_block(p, i, 1000);
             }
             idle_a_while();
             // Another class takes that chunk and carves one 5000 B block
@@ -330,32 +318,19 @@ fn reused_chunk_gives_back_pages_beyond_its_cursor() {
                 "the reused chunk kept its pages beyond the cursor: committed {before} -> {after}"
             );
             // Carving on charges and faults the pages again.
-            let more: Vec<usize> = (0..11)
-                .map(|i| {
-                    // SAFETY: a non-zero size.
-                    let p = unsafe { alloc(layout(5000)) };
-                    assert!(!p.is_null());
-                    // SAFETY: `p` holds 5000 bytes.
-                    unsafe { p.write_bytes(i as u8 + 1, 5000) };
-                    p as usize
-                })
-                .collect();
-            // SAFETY: the blocks are live and 5000 bytes long.
+            let more = blocks(11, 5000);
+            // SAFETY: `y` is live and 5000 bytes long.
             unsafe {
                 assert!(
                     (0..5000).all(|k| *y.add(k) == 0x5a),
                     "the first block lost its contents"
                 );
-                for (i, &p) in more.iter().enumerate() {
-                    let p = p as *mut u8;
-                    assert!(
-                        (0..5000).all(|k| *p.add(k) == i as u8 + 1),
-                        "block {i} lost its contents"
-                    );
-                    dealloc(p, layout(5000));
-                }
-                dealloc(y, layout(5000));
             }
+            for (i, &p) in more.iter().enumerate() {
+                free_block(p, i, 5000);
+            }
+            // SAFETY: freed once.
+            unsafe { dealloc(y, layout(5000)) };
         },
     );
 }
