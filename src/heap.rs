@@ -865,6 +865,15 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
     alloc_huge(size, align, zero)
 }
 
+/// A block that `realloc` grows to this many bytes or more and must move
+/// moves to a huge mapping of its own (glibc's first mmap threshold),
+/// whatever its size class: its later growth is an `mremap` (no copy,
+/// the kernel moves the page tables) instead of a copy into the next
+/// chunk class, and no outgrown chunk is left in the caches. In
+/// `realloc_grow` the outgrown chunks of 8 vectors growing to 2 MiB
+/// held 30 MiB of the 57 MiB committed at the peak (`docs/PERF.md`).
+pub const GROW_TO_HUGE: usize = 128 * 1024;
+
 /// Maps a huge object: header at a 64 KiB-aligned base, object at
 /// `base + off`. Freed huge mappings are reused before anything is mapped
 /// (their pages are resident, so they need no new faults; for zeroed
@@ -880,7 +889,15 @@ pub unsafe fn alloc_large(heap: *mut Heap, size: usize, align: usize, zero: bool
 /// handing the one freed mapping to the next request, grown or shrunk to
 /// its size, faulted in 1,655 MiB of pages; splitting and gathering 790 MiB
 /// (glibc 2,529 MiB, tcmalloc 521 MiB: it keeps every page).
-fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
+///
+/// `realloc` also calls it directly for a block that grows past
+/// [`GROW_TO_HUGE`] (see `thread::realloc_move`).
+pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
+    // Absurd sizes fail here for every caller (`off + size` below must
+    // not wrap: `realloc(p, SIZE_MAX)` comes straight here).
+    if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
+        return ptr::null_mut();
+    }
     let off = object_offset(align);
     let Some(len) = os::align_up_checked(off + size, CHUNK_SIZE) else {
         return ptr::null_mut();

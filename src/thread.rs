@@ -727,7 +727,17 @@ unsafe fn realloc_move(p: *mut u8, new_size: usize, align: usize, old: usize) ->
             };
             want = new_size.max(grown.min(crate::size_class::MAX_CHUNK_CLASS_SIZE - CHUNK_SIZE));
         }
-        let q = malloc_aligned(want, align, false);
+        // Past `GROW_TO_HUGE` a growing block moves to a mapping of its
+        // own, which later growth resizes with mremap (`realloc_huge`
+        // above). Where the budget refuses it, the chunk path below is
+        // tried as it would have been (and refused the same way).
+        let mut q = ptr::null_mut();
+        if new_size > old && new_size >= heap::GROW_TO_HUGE && align <= CHUNK_SIZE {
+            q = heap::alloc_huge(new_size, align, false);
+        }
+        if q.is_null() {
+            q = malloc_aligned(want, align, false);
+        }
         if q.is_null() {
             return q;
         }

@@ -8,6 +8,9 @@
 //!   decommitted by the allocator's own slow-path housekeeping.
 //! * Cached small-object chunks are decommitted when a huge mapping is
 //!   made, however long the purge delay.
+//! * A buffer that `realloc` grows step by step to 2 MiB leaves none of
+//!   the chunks it outgrew cached: past 128 KiB it lives in a mapping of
+//!   its own, resized in place.
 
 mod common;
 
@@ -284,6 +287,66 @@ fn cached_slab_chunks_give_way_to_a_huge_mapping() {
                 (after.committed - before.committed) / KIB
             );
             assert_eq!(big.iter().map(|&x| x as usize).sum::<usize>(), 1);
+        },
+    );
+}
+
+#[test]
+fn realloc_growth_leaves_no_outgrown_chunks_cached() {
+    in_child(
+        "realloc_growth_leaves_no_outgrown_chunks_cached",
+        &[("CHUNKMALLOC_PURGE_DELAY_MS", "60000")],
+        || {
+            use std::alloc::{alloc, dealloc, realloc, Layout};
+            let before = snap();
+            let huge_before = chunkmalloc::stats().huge_chunks;
+            // A vector's growth: x1.5 from 16 KiB to 2 MiB, each new part
+            // written, the whole checked at every step.
+            let mut len = 16 * KIB;
+            // SAFETY: non-zero size, alignment 8.
+            let mut p = unsafe { alloc(Layout::from_size_align(len, 8).unwrap()) };
+            assert!(!p.is_null());
+            let byte = |i: usize| (i % 251) as u8;
+            // SAFETY: `p` holds `len` bytes.
+            unsafe { (0..len).for_each(|i| p.add(i).write(byte(i))) };
+            while len < 2 * MIB {
+                let new = (len + len / 2).min(2 * MIB);
+                // SAFETY: `p` is live with this layout; `new` is non-zero.
+                p = unsafe { realloc(p, Layout::from_size_align(len, 8).unwrap(), new) };
+                assert!(!p.is_null(), "realloc to {new} failed");
+                // SAFETY: `p` holds `new` bytes, the first `len` written.
+                unsafe {
+                    assert!(
+                        (0..len).step_by(61).all(|i| *p.add(i) == byte(i)),
+                        "contents lost growing {len} -> {new}"
+                    );
+                    (len..new).for_each(|i| p.add(i).write(byte(i)));
+                }
+                len = new;
+            }
+            let after = snap();
+            let huge_after = chunkmalloc::stats().huge_chunks;
+            report("before", &before);
+            report("after", &after);
+            // SAFETY: as above.
+            unsafe {
+                assert!((0..len).step_by(7).all(|i| *p.add(i) == byte(i)));
+                dealloc(p, Layout::from_size_align(len, 8).unwrap());
+            }
+            assert_eq!(
+                huge_after,
+                huge_before + 1,
+                "the grown buffer is not a mapping of its own"
+            );
+            // Moving through the chunk classes would leave each outgrown
+            // chunk (128 KiB .. 1.5 MiB, about 4 MiB in all) cached for the
+            // purge delay.
+            assert!(
+                after.cached < before.cached + 256 * KIB,
+                "outgrown chunks cached: {} -> {} KiB",
+                before.cached / KIB,
+                after.cached / KIB
+            );
         },
     );
 }
