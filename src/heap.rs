@@ -1479,19 +1479,59 @@ pub unsafe fn free_remote_of(heap: *mut Heap, c: *mut Chunk, p: *mut u8) {
 /// the chunk (detached, owner unchanged) until it is on the pending stack,
 /// so the claimer may still read its owner and write its link.
 ///
+/// The first CAS is inline; a retry (the word changed under it) and the
+/// queueing are out-of-line tail calls, so the remote free's common path
+/// keeps nothing live across a call and carries no loop (whose alignment
+/// padding cost an instruction).
+///
 /// # Safety
 /// As [`Chunk::push_remote`]; the caller does not own `c`.
-#[inline]
+#[inline(always)]
 unsafe fn push_remote(c: *mut Chunk, b: *mut Block) {
-    // SAFETY: per the contract; heap records are never freed.
+    // SAFETY: per the contract.
     unsafe {
-        let notify = Chunk::push_remote(c, b);
+        match (*c).remote.try_push(b, (*c).remote.word()) {
+            Ok(notify) => {
+                #[cfg(feature = "test-hooks")]
+                crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
+                if notify {
+                    queue_claimed(c);
+                }
+            }
+            Err(w) => push_remote_retry(c, b, w),
+        }
+    }
+}
+
+/// [`push_remote`] after its first CAS failed with the word `w`.
+///
+/// # Safety
+/// As [`push_remote`].
+#[cold]
+#[inline(never)]
+unsafe fn push_remote_retry(c: *mut Chunk, b: *mut Block, w: usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        let notify = (*c).remote.push_retry(b, w);
         #[cfg(feature = "test-hooks")]
         crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
         if notify {
-            (*(Chunk::owner(c) as *mut Heap)).pending.push(c);
+            queue_claimed(c);
         }
     }
+}
+
+/// Queues a chunk whose notification a remote free just claimed on its
+/// owner's pending stack.
+///
+/// # Safety
+/// The caller's push claimed `c`'s notification.
+#[cold]
+#[inline(never)]
+unsafe fn queue_claimed(c: *mut Chunk) {
+    // SAFETY: the claim keeps the chunk (and its owner) until it is on the
+    // pending stack; heap records are never freed.
+    unsafe { (*(Chunk::owner(c) as *mut Heap)).pending.push(c) }
 }
 
 #[cold]

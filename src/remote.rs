@@ -122,25 +122,63 @@ impl RemoteList {
     /// one of its blocks, `b`, so its owner cannot retire it).
     #[inline(always)]
     pub unsafe fn push(&self, b: *mut Block) -> bool {
+        // SAFETY: forwarded contract.
+        match unsafe { self.try_push(b, self.word.load(Ordering::Relaxed)) } {
+            Ok(claimed) => claimed,
+            // SAFETY: forwarded contract.
+            Err(x) => unsafe { self.push_retry(b, x) },
+        }
+    }
+
+    /// The list word as it is now (the `w` of a first [`RemoteList::try_push`]).
+    #[inline(always)]
+    pub fn word(&self) -> usize {
+        self.word.load(Ordering::Relaxed)
+    }
+
+    /// One attempt of [`RemoteList::push`] against the word `w`: `Ok` as
+    /// `push` returns, or `Err` with the word found when another freer or
+    /// the owner changed it (then [`RemoteList::push_retry`] with that
+    /// word). The remote free inlines the first attempt and keeps the
+    /// retry loop out of line, so its common path carries no loop (and no
+    /// loop-alignment padding).
+    ///
+    /// # Safety
+    /// As [`RemoteList::push`].
+    #[inline(always)]
+    pub unsafe fn try_push(&self, b: *mut Block, w: usize) -> Result<bool, usize> {
+        // SAFETY: `b` is ours until the CAS publishes it.
+        unsafe { (*b).next = (w & PTR_MASK) as *mut Block };
         // The new word keeps the count and state bits of the old one, adds
         // one to the count (it stays below 2^16: a slab has at most 4,088
         // blocks), puts `b` in the pointer bits, and adds `w & WANT`, which
         // turns `WANT` (1) into `QUEUED` (2) and leaves `NONE` and `QUEUED`
-        // alone: no branch in the loop.
-        let add = (1 << COUNT_SHIFT) + b as usize;
-        let mut w = self.word.load(Ordering::Relaxed);
+        // alone: no branch.
+        let new = (w & !PTR_MASK) + (1 << COUNT_SHIFT) + b as usize + (w & WANT);
+        // Release publishes the block's link (and the program's writes to
+        // it) to the owner's Acquire take; Acquire orders the owner's
+        // arming before a claimer's writes to the chunk.
+        match self
+            .word
+            .compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => Ok(w & WANT != 0),
+            Err(x) => Err(x),
+        }
+    }
+
+    /// [`RemoteList::push`]'s retries, from the word a failed
+    /// [`RemoteList::try_push`] returned.
+    ///
+    /// # Safety
+    /// As [`RemoteList::push`].
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn push_retry(&self, b: *mut Block, mut w: usize) -> bool {
         loop {
-            // SAFETY: `b` is ours until the CAS publishes it.
-            unsafe { (*b).next = (w & PTR_MASK) as *mut Block };
-            let new = (w & !PTR_MASK) + add + (w & WANT);
-            // Release publishes the block's link (and the program's writes
-            // to it) to the owner's Acquire take; Acquire orders the
-            // owner's arming before a claimer's writes to the chunk.
-            match self
-                .word
-                .compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return w & WANT != 0,
+            // SAFETY: forwarded contract.
+            match unsafe { self.try_push(b, w) } {
+                Ok(claimed) => return claimed,
                 Err(x) => w = x,
             }
         }
