@@ -492,16 +492,19 @@ impl Chunk {
     /// (taken in O(1)), then local frees, then never-used blocks (charged
     /// to `budget` as their pages are reached). Returns whether it
     /// succeeded; false with `bump < end` means the budget refused.
+    /// `taken` is set to the number of remote frees collected when that
+    /// is how it succeeded (the owner counts them: `heap::count_remote`).
     ///
     /// # Safety
     /// Owner only; `c` is a slab.
-    pub unsafe fn refill(c: *mut Chunk, budget: &Budget) -> bool {
+    pub unsafe fn refill(c: *mut Chunk, budget: &Budget, taken: &mut u32) -> bool {
         // SAFETY: owner-only fields.
         unsafe {
             if !(*c).free.is_null() {
                 return true;
             }
-            if Chunk::collect_remote(c) != 0 {
+            *taken = Chunk::collect_remote(c);
+            if *taken != 0 {
                 return true;
             }
             if !(*c).local_free.is_null() {
@@ -619,7 +622,7 @@ mod tests {
             Chunk::init_slab(c, 3, 64, 1 << 6);
             let mut seen = std::collections::HashSet::new();
             let mut blocks = Vec::new();
-            while Chunk::refill(c, &B) {
+            while Chunk::refill(c, &B, &mut 0) {
                 let b = (*c).free;
                 (*c).free = (*b).next;
                 Chunk::set_used(c, Chunk::used(c) + 1);
@@ -639,7 +642,7 @@ mod tests {
                     Chunk::set_used(c, Chunk::used(c) - 1);
                 }
             }
-            assert!(Chunk::refill(c, &B));
+            assert!(Chunk::refill(c, &B, &mut 0));
             assert_eq!(Chunk::used(c), 0, "remote frees are counted at collection");
             let len = |mut b: *mut Block| {
                 let mut n = 0;

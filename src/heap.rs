@@ -171,7 +171,9 @@ pub struct Heap {
     /// Large-object bytes allocated / freed by this heap's thread.
     large_alloc_bytes: AtomicUsize,
     large_free_bytes: AtomicUsize,
-    /// Frees of other heaps' blocks by this heap's thread.
+    /// Remote frees into this heap's chunks that it has collected
+    /// (`count_remote`, under the lock); `stats()` adds those still on
+    /// the chunks' lists.
     remote_frees: AtomicUsize,
     /// Live slab and large chunks owned by this heap.
     slab_chunks: AtomicUsize,
@@ -423,6 +425,21 @@ unsafe fn retire_to_global(heap: *mut Heap, c: *mut Chunk) {
     }
 }
 
+/// Counts `n` remote frees that `heap` took off one of its chunks' lists.
+/// Remote frees are counted where they arrive, by the heap's lock holder
+/// (every collection runs under the lock), not by the freeing thread: the
+/// remote free's fast path then writes nothing but the chunk's list
+/// (one instruction fewer), and `stats()` adds the frees still on the
+/// lists ([`slab_bytes_in_use`]).
+///
+/// # Safety
+/// The caller holds `heap`'s lock.
+#[inline(always)]
+unsafe fn count_remote(heap: *mut Heap, n: u32) {
+    // SAFETY: written only under the heap lock, per the contract.
+    unsafe { bump(&(*heap).remote_frees, n as usize) }
+}
+
 /// Counts a slow-path entry; every [`TICK_EVERY`]th runs the registry's
 /// housekeeping (purge due caches, sweep idle and dead heaps).
 ///
@@ -522,7 +539,10 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
         let budget = (*heap).provider.budget();
         let mut c = (*heap).bins[cls].first;
         while !c.is_null() {
-            if Chunk::refill(c, budget) {
+            let mut taken = 0;
+            let refilled = Chunk::refill(c, budget, &mut taken);
+            count_remote(heap, taken);
+            if refilled {
                 if c != (*heap).bins[cls].first {
                     bin_remove(heap, cls, c);
                     bin_push_front(heap, cls, c);
@@ -1284,7 +1304,6 @@ pub unsafe fn free_heapless(p: *mut u8) -> FreeResult {
                 if Chunk::flags(c) & FLAG_ALIGNED != 0 {
                     p = Chunk::block_start(c, p);
                 }
-                GLOBALS.heapless_frees.fetch_add(1, Ordering::Relaxed);
                 push_remote(c, p.cast());
                 FreeResult::Done
             }
@@ -1374,7 +1393,7 @@ pub unsafe fn free_other(heap: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize)
     // SAFETY: forwarded contract.
     unsafe {
         if !is_empty(heap) && is_plain_remote(heap, tag) {
-            free_remote_of(heap, c, p);
+            free_remote_of(c, p);
             return FreeResult::Done;
         }
         // Our own full, aligned, large or huge chunk; or a thread without
@@ -1456,20 +1475,16 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
     }
 }
 
-/// The remote free proper: counts it in the freeing heap and pushes the
-/// block on `c`'s remote list.
+/// The remote free proper: pushes the block on `c`'s remote list (the
+/// owner counts it when it collects the list, [`count_remote`]).
 ///
 /// # Safety
-/// `heap` is the calling thread's heap record (not the empty or dead
-/// heap), `c` an attached or full slab of another heap, with no aligned
-/// blocks, and `p` one of its live blocks.
+/// `c` is an attached or full slab of another heap than the caller's,
+/// with no aligned blocks, and `p` one of its live blocks.
 #[inline(always)]
-pub unsafe fn free_remote_of(heap: *mut Heap, c: *mut Chunk, p: *mut u8) {
-    // SAFETY: per the contract; `class` < NUM_CLASSES for every slab.
-    unsafe {
-        bump(&(*heap).remote_frees, 1);
-        push_remote(c, p.cast());
-    }
+pub unsafe fn free_remote_of(c: *mut Chunk, p: *mut u8) {
+    // SAFETY: per the contract.
+    unsafe { push_remote(c, p.cast()) }
 }
 
 /// Pushes a block on another heap's chunk and, when this free claimed the
@@ -1559,7 +1574,6 @@ unsafe fn free_slow(heap: *mut Heap, c: *mut Chunk, p: *mut u8) -> FreeResult {
                 } else if is_empty(heap) {
                     return FreeResult::NeedsHeap;
                 } else {
-                    bump(&(*heap).remote_frees, 1);
                     push_remote(c, b);
                 }
                 FreeResult::Done
@@ -1666,7 +1680,7 @@ pub(crate) unsafe fn process_pending(heap: *mut Heap) {
             if full {
                 uncount_detached(heap, c);
             }
-            Chunk::collect_pending(c);
+            count_remote(heap, Chunk::collect_pending(c));
             let cls = (*c).class as usize;
             if full {
                 Chunk::clear_flags(c, FLAG_FULL);
@@ -1722,7 +1736,7 @@ unsafe fn arm(heap: *mut Heap, c: *mut Chunk) {
                 // Already queued (on the pending stack): it comes back there.
                 return;
             }
-            Chunk::collect_remote(c);
+            count_remote(heap, Chunk::collect_remote(c));
             if Chunk::is_queued(c) {
                 // Claimed: it comes back through the pending stack.
                 return;
@@ -1752,7 +1766,7 @@ pub(crate) unsafe fn collect(heap: *mut Heap, all: bool) {
             let mut c = (*heap).bins[cls].first;
             while !c.is_null() {
                 let next = (*c).next;
-                Chunk::collect_remote(c);
+                count_remote(heap, Chunk::collect_remote(c));
                 if Chunk::used(c) == 0
                     && (all || c != (*heap).bins[cls].first)
                     && !Chunk::is_queued(c)
@@ -1821,7 +1835,7 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
                 // A count equal to `used` means no block is out (a double
                 // free can only make it larger).
                 if c != first && (*c).remote.peek().count == Chunk::used(c) {
-                    Chunk::collect_remote(c);
+                    count_remote(heap, Chunk::collect_remote(c));
                     if !Chunk::is_queued(c) {
                         bin_remove(heap, cls, c);
                         retire(heap, c);
@@ -1914,7 +1928,7 @@ pub(crate) unsafe fn reclaim_live(heap: *mut Heap, now: u64, all: bool) -> bool 
                 let t = (*c).remote.peek();
                 if Chunk::flags(c) & FLAG_FULL != 0 && t.count == Chunk::used(c) {
                     uncount_detached(heap, c);
-                    (*c).remote.take_and_clear();
+                    count_remote(heap, (*c).remote.take_and_clear().count);
                     Chunk::set_used(c, 0);
                     Chunk::clear_flags(c, FLAG_FULL);
                     retire_to_global(heap, c);
@@ -2141,18 +2155,20 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
 /// Bytes of live slab blocks in `h`'s chunks: every attached chunk's
 /// `used` less its uncollected remote frees, the detached chunks' bytes,
 /// less the remote frees into detached chunks (the first such free put
-/// the chunk on the pending stack, where the walk finds it).
+/// the chunk on the pending stack, where the walk finds it). Adds the
+/// uncollected remote frees it passes to `pending_remote`.
 ///
 /// # Safety
 /// The caller holds `h`'s lock (bins and the pending stack's nodes change
 /// only under it; pushers only prepend).
-unsafe fn slab_bytes_in_use(h: *mut Heap) -> isize {
+unsafe fn slab_bytes_in_use(h: *mut Heap, pending_remote: &mut usize) -> isize {
     // A chunk's blocks out and, of those, the ones freed remotely and not
     // yet collected, in bytes.
-    let out_and_remote = |c: *mut Chunk| {
+    let mut out_and_remote = |c: *mut Chunk| {
         // SAFETY: `c` is a live slab of `h` (see the caller's contract).
         let (used, count, bs) =
             unsafe { (Chunk::used(c), (*c).remote.peek().count, (*c).block_size) };
+        *pending_remote += count as usize;
         let bs = bs as isize;
         (used as isize * bs, count.min(used) as isize * bs)
     };
@@ -2203,7 +2219,9 @@ pub(crate) unsafe fn add_stats_of(h: *mut Heap, s: &mut crate::Stats, in_use: &m
             lock.try_lock()
         };
         if locked {
-            *in_use += slab_bytes_in_use(h);
+            let mut pending = 0;
+            *in_use += slab_bytes_in_use(h, &mut pending);
+            s.remote_frees += pending;
             lock.unlock();
         }
         *in_use += (*h).large_alloc_bytes.load(Ordering::Relaxed) as isize;
@@ -2229,7 +2247,6 @@ pub(crate) fn add_global_stats(s: &mut crate::Stats, mut in_use: isize) {
     in_use += GLOBALS.huge_bytes.load(Ordering::Relaxed) as isize;
     in_use -= GLOBALS.heapless_freed_bytes.load(Ordering::Relaxed) as isize;
     in_use += GLOBALS.large_grown_bytes.load(Ordering::Relaxed) as isize;
-    s.remote_frees += GLOBALS.heapless_frees.load(Ordering::Relaxed);
     s.in_use = in_use.max(0) as usize;
     s.huge_chunks = GLOBALS.huge_count.load(Ordering::Relaxed);
 }

@@ -1175,7 +1175,7 @@ mod tests {
         unsafe {
             Chunk::init_slab(c, 2, 48, 1 << 6);
             let mut blocks = 0;
-            while Chunk::refill(c, budget) {
+            while Chunk::refill(c, budget, &mut 0) {
                 blocks += take_free(c, 48);
                 let reach = (*c).bump as usize - c as usize;
                 assert_eq!(Chunk::charged(c), reach.next_multiple_of(page));
@@ -1222,7 +1222,7 @@ mod tests {
         unsafe {
             Chunk::init_slab(c, 0, 1024, 1 << 6);
             let mut blocks = 0;
-            while Chunk::refill(c, budget) {
+            while Chunk::refill(c, budget, &mut 0) {
                 blocks += take_free(c, 1024);
                 assert!(budget.committed() <= 3 * page);
             }
@@ -1234,7 +1234,7 @@ mod tests {
             assert_eq!(resident_beyond_charge(c), 0);
             // Room again: carving resumes.
             budget.set_limit(Some(4 * page));
-            assert!(Chunk::refill(c, budget));
+            assert!(Chunk::refill(c, budget, &mut 0));
             assert_eq!(budget.committed(), 4 * page);
             budget.set_limit(None);
             p.release(c);

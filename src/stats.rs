@@ -64,8 +64,6 @@ pub struct Stats {
 pub(crate) struct Globals {
     pub huge_bytes: AtomicUsize,
     pub huge_count: AtomicUsize,
-    /// Remote frees by threads that never allocated (no heap to count in).
-    pub heapless_frees: AtomicUsize,
     /// Bytes freed by threads that never allocated.
     pub heapless_freed_bytes: AtomicUsize,
     /// Usable bytes large objects gained by in-place growth (their frees
@@ -76,7 +74,6 @@ pub(crate) struct Globals {
 pub(crate) static GLOBALS: Globals = Globals {
     huge_bytes: AtomicUsize::new(0),
     huge_count: AtomicUsize::new(0),
-    heapless_frees: AtomicUsize::new(0),
     heapless_freed_bytes: AtomicUsize::new(0),
     large_grown_bytes: AtomicUsize::new(0),
 };

@@ -572,7 +572,7 @@ unsafe fn free_other(h: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) {
     if heap::is_plain_remote(h, tag) {
         // SAFETY: a slab of another heap without aligned blocks (its tag
         // says so), freed by a heap record, per the contract.
-        unsafe { heap::free_remote_of(h, c, p) };
+        unsafe { heap::free_remote_of(c, p) };
         return;
     }
     // SAFETY: forwarded contract.

@@ -9,7 +9,9 @@
 //! It must track what the test allocates and frees, including remote frees
 //! and in-place reallocs, and return exactly to its start. `committed`
 //! must come back (within the metadata that legitimately stays) after
-//! everything is freed and purged.
+//! everything is freed and purged. `remote_frees` counts every free by a
+//! thread other than the block's owner once, whether the owner has
+//! collected it yet or not.
 
 mod common;
 
@@ -527,4 +529,48 @@ fn in_use_sampled_while_threads_churn() {
         assert!(samples.load(Ordering::Relaxed) > 0);
         assert_eq!(in_use(), start, "after every worker freed everything");
     });
+}
+
+#[test]
+fn remote_frees_are_counted_once_collected_or_not() {
+    in_child(
+        "remote_frees_are_counted_once_collected_or_not",
+        &[],
+        || {
+            const N: usize = 1000;
+            let make = |k: u8| -> Vec<Box<[u8; 64]>> {
+                (0..N).map(|i| Box::new([(i as u8) ^ k; 64])).collect()
+            };
+            let remote = || chunkmalloc::stats().remote_frees;
+            let blocks = make(1);
+            let before = remote();
+            // Another thread frees them: the frees wait on the chunks' remote
+            // lists, which this thread has not collected yet.
+            std::thread::spawn(move || {
+                for (i, b) in blocks.iter().enumerate() {
+                    assert!(b.iter().all(|&x| x == (i as u8) ^ 1));
+                }
+                drop(blocks);
+            })
+            .join()
+            .unwrap();
+            let pending = remote() - before;
+            // The spawn's own bookkeeping may add a few remote frees.
+            assert!(
+                (N..N + 32).contains(&pending),
+                "{pending} remote frees counted for {N} blocks freed by another thread"
+            );
+            // Allocating the same size again collects them (this thread owns
+            // their chunks): counted once, not again.
+            let again = make(2);
+            let after = remote() - before;
+            assert!(
+                (pending..pending + 32).contains(&after),
+                "remote frees {pending} before the owner collected them, {after} after"
+            );
+            for (i, b) in again.iter().enumerate() {
+                assert!(b.iter().all(|&x| x == (i as u8) ^ 2));
+            }
+        },
+    );
 }
