@@ -523,8 +523,13 @@ impl Chunk {
     /// freer gets true per arming. When it returns false the caller must
     /// not touch the chunk again (see [`crate::remote`]).
     ///
+    /// The heap's remote free does the same in two steps (an inline first
+    /// attempt, an out-of-line retry: `heap::push_remote`); this whole push
+    /// is what the chunk's own tests drive.
+    ///
     /// # Safety
     /// `b` is a block of the live slab `c`, no longer used by the caller.
+    #[cfg(test)]
     #[inline(always)]
     pub unsafe fn push_remote(c: *mut Chunk, b: *mut Block) -> bool {
         // SAFETY: per the contract.

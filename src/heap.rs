@@ -1500,19 +1500,14 @@ pub unsafe fn free_remote_of(c: *mut Chunk, p: *mut u8) {
 /// padding cost an instruction).
 ///
 /// # Safety
-/// As [`Chunk::push_remote`]; the caller does not own `c`.
+/// As [`RemoteList::push`](crate::remote::RemoteList::push) for `c`'s
+/// list; the caller does not own `c`.
 #[inline(always)]
 unsafe fn push_remote(c: *mut Chunk, b: *mut Block) {
     // SAFETY: per the contract.
     unsafe {
         match (*c).remote.try_push(b, (*c).remote.word()) {
-            Ok(notify) => {
-                #[cfg(feature = "test-hooks")]
-                crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
-                if notify {
-                    queue_claimed(c);
-                }
-            }
+            Ok(claimed) => pushed(c, claimed),
             Err(w) => push_remote_retry(c, b, w),
         }
     }
@@ -1526,13 +1521,22 @@ unsafe fn push_remote(c: *mut Chunk, b: *mut Block) {
 #[inline(never)]
 unsafe fn push_remote_retry(c: *mut Chunk, b: *mut Block, w: usize) {
     // SAFETY: per the contract.
-    unsafe {
-        let notify = (*c).remote.push_retry(b, w);
-        #[cfg(feature = "test-hooks")]
-        crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
-        if notify {
-            queue_claimed(c);
-        }
+    unsafe { pushed(c, (*c).remote.push_retry(b, w)) }
+}
+
+/// What follows a remote push: the chunk is queued on its owner's pending
+/// stack if the push `claimed` its notification; otherwise nothing of it
+/// is touched again.
+///
+/// # Safety
+/// A push of a block on `c`'s list just returned `claimed`.
+#[inline(always)]
+unsafe fn pushed(c: *mut Chunk, claimed: bool) {
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
+    if claimed {
+        // SAFETY: per the contract.
+        unsafe { queue_claimed(c) }
     }
 }
 
