@@ -1203,10 +1203,12 @@ unsafe fn grow_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
                 chunk_map::register(base as usize, old, c as usize);
                 return ptr::null_mut();
             }
-            // Moved at its own length: the kernel cannot resize a range
-            // that spans several VMAs (a gathered mapping does, one per
-            // piece: `gather_huge`).
-            if !os::remap_to(base, old, old, t) {
+            // Moved and grown in one step, so the result is one kernel
+            // mapping (VMA) that later growth can `mremap` in place (a move
+            // at its own length left the target's fresh tail as a second
+            // VMA). Only a one-VMA range gets here (`Moves::Atomic`); the
+            // cached pieces moved in below split it again.
+            if !os::remap_to(base, old, new_len, t) {
                 chunk_map::unregister(t as usize, new_len);
                 os::unmap(t, new_len);
                 undo_growth();
@@ -1222,8 +1224,9 @@ unsafe fn grow_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
         };
         if new_base == base && !chunk_map::register(base as usize, new_len, base as usize) {
             // Grown in place into a region whose map block the budget
-            // refuses: shrink back (always possible) and give up.
-            os::remap_in_place(base, new_len, old);
+            // refuses: give the growth back (an unmap always succeeds,
+            // however many kernel mappings the range spans) and give up.
+            os::unmap(base.add(old), new_len - old);
             undo_growth();
             chunk_map::register(base as usize, old, c as usize);
             return ptr::null_mut();

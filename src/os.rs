@@ -281,6 +281,11 @@ pub enum Resize {
 }
 
 /// Resizes `[p, p+old_len)` without moving it, saying why it could not.
+///
+/// A range that spans several kernel mappings (a mapping that was once
+/// moved into a larger target keeps the moved pages and the target's
+/// fresh tail as two VMAs) cannot be resized by `mremap`; it grows by
+/// mapping the addresses after it instead, which only needs them free.
 pub fn resize_in_place(p: *mut u8, old_len: usize, new_len: usize) -> Resize {
     // SAFETY: `p..p+old_len` is owned by the caller; without
     // MREMAP_MAYMOVE the kernel resizes in place or fails, changing nothing.
@@ -288,10 +293,41 @@ pub fn resize_in_place(p: *mut u8, old_len: usize, new_len: usize) -> Resize {
     if !sys::failed(r) {
         Resize::Done
     } else if r == -(libc::EFAULT as isize) {
-        Resize::SpansMappings
+        // `p + old_len` is the end of the caller's range (an address only).
+        if new_len > old_len && map_after(p.wrapping_add(old_len), new_len - old_len) {
+            Resize::Done
+        } else {
+            Resize::SpansMappings
+        }
     } else {
         Resize::Refused
     }
+}
+
+/// Maps `len` bytes of fresh memory exactly at `at` if nothing is mapped
+/// there (`MAP_FIXED_NOREPLACE`, which never replaces a mapping). False if
+/// the range is taken or the kernel refuses.
+fn map_after(at: *mut u8, len: usize) -> bool {
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as usize;
+    // SAFETY: MAP_FIXED_NOREPLACE fails (EEXIST) rather than touch an
+    // existing mapping; a kernel older than 4.17 ignores the flag and takes
+    // `at` as a hint, and a mapping placed elsewhere is unmapped below.
+    let r = unsafe {
+        sys::call(
+            libc::SYS_mmap,
+            [at as usize, len, prot, flags as usize, usize::MAX, 0],
+        )
+    };
+    if sys::failed(r) {
+        return false;
+    }
+    if r as usize != at as usize {
+        unmap(r as *mut u8, len);
+        return false;
+    }
+    true
 }
 
 /// Moves the pages of a mapping onto `target` (a mapping of `new_len`
@@ -473,5 +509,48 @@ mod tests {
         assert!(s[..65536].iter().all(|&b| b == 0x5a));
         assert!(s[65536..].iter().all(|&b| b == 0));
         unmap(q, len);
+    }
+    /// A range of two kernel mappings (VMAs) grows in place by mapping the
+    /// addresses after it, keeping its contents, and says `SpansMappings`
+    /// when those addresses are taken.
+    #[test]
+    fn range_of_two_mappings_grows_in_place() {
+        const K: usize = 1024;
+        // Other tests map concurrently and may take the free addresses
+        // after the range; a few tries make that unlikely to matter.
+        for _ in 0..8 {
+            let p = map_aligned(512 * K, 65536, 0);
+            assert!(!p.is_null());
+            // The upper half, given back, is the room to grow into.
+            unmap(p.wrapping_add(256 * K), 256 * K);
+            // SAFETY: 256 KiB mapped above.
+            unsafe { p.write_bytes(0x3c, 256 * K) };
+            // Different flags on the second 128 KiB split the range in two
+            // VMAs, so `mremap` cannot resize it.
+            // SAFETY: advice on our own range; contents are unchanged.
+            let split =
+                unsafe { libc::madvise(p.add(128 * K).cast(), 128 * K, libc::MADV_DONTFORK) };
+            assert_eq!(split, 0);
+            match resize_in_place(p, 256 * K, 384 * K) {
+                Resize::Done => {
+                    // SAFETY: the range is 384 KiB now.
+                    let s = unsafe { core::slice::from_raw_parts_mut(p, 384 * K) };
+                    assert!(s[..256 * K].iter().all(|&b| b == 0x3c));
+                    assert!(s[256 * K..].iter().all(|&b| b == 0));
+                    s[256 * K..].fill(1);
+                    // Blocked: the next addresses hold a mapping of ours.
+                    assert!(map_after(p.wrapping_add(384 * K), 4096));
+                    assert_eq!(resize_in_place(p, 384 * K, 512 * K), Resize::SpansMappings);
+                    assert!(s[256 * K..].iter().all(|&b| b == 1));
+                    unmap(p, 384 * K + 4096);
+                    return;
+                }
+                r => {
+                    assert_eq!(r, Resize::SpansMappings);
+                    unmap(p, 256 * K);
+                }
+            }
+        }
+        panic!("the addresses after the range were taken at every try");
     }
 }
