@@ -498,6 +498,32 @@ impl Chunk {
     /// # Safety
     /// Owner only; `c` is a slab.
     pub unsafe fn refill(c: *mut Chunk, budget: &Budget, taken: &mut u32) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { Chunk::take_frees(c, taken) || Chunk::extend(c, budget) }
+    }
+
+    /// Blocks carved and freed since: on `free`, `local_free` and the
+    /// remote list (the remote count may grow as it is read).
+    ///
+    /// # Safety
+    /// Owner only; `c` is a slab.
+    pub unsafe fn freed(c: *mut Chunk) -> u32 {
+        // SAFETY: owner-only fields; the list word is atomic.
+        unsafe {
+            let carved = ((*c).bump as usize - c as usize - HEADER_SIZE) / (*c).block_size as usize;
+            (carved as u32)
+                .wrapping_sub(Chunk::used(c))
+                .wrapping_add((*c).remote.peek().count)
+        }
+    }
+
+    /// [`Chunk::refill`] without carving: makes `free` non-empty from the
+    /// chunk's freed blocks (remote, then local) if it has any. `taken` is
+    /// as for `refill`.
+    ///
+    /// # Safety
+    /// Owner only; `c` is a slab.
+    pub unsafe fn take_frees(c: *mut Chunk, taken: &mut u32) -> bool {
         // SAFETY: owner-only fields.
         unsafe {
             if !(*c).free.is_null() {
@@ -513,7 +539,7 @@ impl Chunk {
                 (*c).free_is_zero = false;
                 return true;
             }
-            Chunk::extend(c, budget)
+            false
         }
     }
 

@@ -526,8 +526,24 @@ unsafe fn alloc_slow(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
     }
 }
 
+/// How many chunks after the current one [`alloc_generic`] looks at for
+/// freed blocks before carving.
+const LOOK_AHEAD: usize = 4;
+
 /// Walks the bin for a chunk with free blocks, detaching full ones, and
-/// takes a new chunk when none has any.
+/// takes a new chunk when none has any. The current chunk (first) is
+/// refilled from its freed blocks, then the next [`LOOK_AHEAD`] chunks'
+/// freed blocks are taken if a carve's worth has gathered in one, and only
+/// then is the current chunk carved (the walk as it was).
+///
+/// Carving first (the current chunk's next page while a chunk behind it,
+/// say one back from the pending stack, held blocks freed since) touched
+/// a page at every refill while those blocks waited, so a class could
+/// keep a chunk's worth of freed blocks per heap that nothing used
+/// (`larson`: 5.1 MiB of remote frees uncollected at the peak, for 3.1
+/// MiB live). Fewer than a carve's worth are left to gather: taking them
+/// made a slow-path entry each (`smallobj_churn` +2.8 % instructions), and
+/// the bound keeps long bins' walks short (+1.7 % unbounded).
 ///
 /// # Safety
 /// Owner thread of a real heap, holding its lock.
@@ -537,7 +553,31 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
     // SAFETY: owner thread of a real heap, lock held.
     unsafe {
         let budget = (*heap).provider.budget();
-        let mut c = (*heap).bins[cls].first;
+        let first = (*heap).bins[cls].first;
+        if !first.is_null() {
+            let mut taken = 0;
+            let refilled = Chunk::take_frees(first, &mut taken);
+            count_remote(heap, taken);
+            if refilled {
+                return alloc_class(heap, cls, zero);
+            }
+            // A page's worth of blocks: what a carve yields.
+            let batch = (os::page_size() / class_size(cls)).clamp(1, 256) as u32;
+            let mut c = (*first).next;
+            for _ in 0..LOOK_AHEAD {
+                if c.is_null() {
+                    break;
+                }
+                if Chunk::freed(c) >= batch && Chunk::take_frees(c, &mut taken) {
+                    count_remote(heap, taken);
+                    bin_remove(heap, cls, c);
+                    bin_push_front(heap, cls, c);
+                    return alloc_class(heap, cls, zero);
+                }
+                c = (*c).next;
+            }
+        }
+        let mut c = first;
         while !c.is_null() {
             let mut taken = 0;
             let refilled = Chunk::refill(c, budget, &mut taken);
