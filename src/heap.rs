@@ -561,20 +561,26 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
             if refilled {
                 return alloc_class(heap, cls, zero);
             }
-            // A page's worth of blocks: what a carve yields.
-            let batch = (os::page_size() / class_size(cls)).clamp(1, 256) as u32;
             let mut c = (*first).next;
-            for _ in 0..LOOK_AHEAD {
-                if c.is_null() {
-                    break;
+            if !c.is_null() {
+                // A page's worth of blocks: what a carve yields.
+                let batch = (os::page_size() / class_size(cls)).clamp(1, 256) as u32;
+                for _ in 0..LOOK_AHEAD {
+                    if Chunk::freed(c) >= batch && Chunk::take_frees(c, &mut taken) {
+                        count_remote(heap, taken);
+                        bin_remove(heap, cls, c);
+                        bin_push_front(heap, cls, c);
+                        return alloc_class(heap, cls, zero);
+                    }
+                    c = (*c).next;
+                    if c.is_null() {
+                        break;
+                    }
                 }
-                if Chunk::freed(c) >= batch && Chunk::take_frees(c, &mut taken) {
-                    count_remote(heap, taken);
-                    bin_remove(heap, cls, c);
-                    bin_push_front(heap, cls, c);
-                    return alloc_class(heap, cls, zero);
-                }
-                c = (*c).next;
+            }
+            // The usual case: the current chunk carves its next page.
+            if (*first).bump < (*first).end && Chunk::extend(first, budget) {
+                return alloc_class(heap, cls, zero);
             }
         }
         let mut c = first;
