@@ -1227,6 +1227,14 @@ unsafe fn grow_chunk(c: *mut Chunk, new_len: usize, moves: Moves) -> *mut u8 {
         chunk_map::unregister(base as usize, old);
         let resized = os::resize_in_place(base, old, new_len);
         let new_base = if resized == os::Resize::Done {
+            // The growth comes from cached mappings as far as they reach,
+            // as when moving below: growing on fresh pages while resident
+            // cached ones waited for the purge delay cost `large_blocks`
+            // 80.3 MiB of peak RSS against 73.7 (the range then spans
+            // several kernel mappings, which later growth handles).
+            let mut pieces = [ptr::null_mut(); HUGE_SLOTS];
+            let n = GLOBAL_CACHE.take_huge(new_len - old, &mut pieces);
+            move_pieces(&pieces[..n], base, old, new_len);
             base
         } else {
             let may_move = match moves {
@@ -2151,8 +2159,9 @@ unsafe fn resize_object_in_place(c: *mut Chunk, p: *mut u8, new_size: usize) -> 
 /// Resizes a huge object: within its mapping when it fits (cutting off
 /// and caching a rest that could be a huge mapping of its own), else by
 /// [`grow_chunk`], whose growth takes cached mappings' pages before fresh
-/// ones. Null if `p` is not huge or the kernel/budget refuses (the object
-/// is then unchanged).
+/// ones. Null if `p` is not huge, if a cached mapping should take it whole
+/// (the caller copies it there), or if the kernel/budget refuses (the
+/// object is then unchanged).
 ///
 /// # Safety
 /// `p` is a live pointer from this allocator.
@@ -2179,6 +2188,18 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             GLOBALS.huge_bytes.fetch_sub(old_size, Ordering::Relaxed);
             split_huge(c, new_len);
             return p;
+        }
+        // A mapping of up to 2.25 MiB whose new length a cached mapping
+        // holds whole is copied into that mapping by the caller (null
+        // here): the object's later growth then stays within it, where
+        // growing in place took a piece of it and unmapped the rest
+        // (`realloc_grow`: 27.1 k faults against 11.1 k). Larger objects
+        // grow in place (or move) with cached pages instead of a copy.
+        if off < CHUNK_SIZE
+            && (*c).size <= MAX_CHUNK_CLASS_SIZE
+            && GLOBAL_CACHE.has_huge_fit(new_len)
+        {
+            return ptr::null_mut();
         }
         // Objects aligned to 64 KiB or more would lose their alignment if
         // moved to a merely 64 KiB-aligned target: those resize in place or

@@ -335,6 +335,24 @@ impl GlobalCache {
         n
     }
 
+    /// Whether a huge mapping of at least `len` bytes is cached. Only a
+    /// hint: another thread may take it before the caller asks for it.
+    pub fn has_huge_fit(&self, len: usize) -> bool {
+        if self.huge_bytes.load(Ordering::Relaxed) < len {
+            return false;
+        }
+        // The lock keeps the cached mappings mapped while their headers are
+        // read (without it, one taken and unmapped meanwhile would fault).
+        self.lock.lock();
+        let fit = self.huge.iter().any(|s| {
+            let c = s.load(Ordering::Relaxed);
+            // SAFETY: lock held: a cached mapping and its header are stable.
+            !c.is_null() && unsafe { (*c).size } >= len
+        });
+        self.lock.unlock();
+        fit
+    }
+
     /// Takes a chunk of class `cls`, preferring committed ones (they sit at
     /// the front: the list is LIFO and purging works from old to new).
     fn pop(&self, cls: usize) -> *mut Chunk {

@@ -702,7 +702,9 @@ unsafe fn realloc_move(p: *mut u8, new_size: usize, align: usize, old: usize) ->
     unsafe {
         if new_size > crate::size_class::MAX_SMALL {
             // A huge object stays huge and is resized with mremap (null if
-            // `p` is not huge or the kernel refuses).
+            // `p` is not huge, if a cached mapping holds its growth whole,
+            // which `alloc_huge` below then takes, or if the kernel
+            // refuses).
             let q = heap::realloc_huge(p, new_size);
             if !q.is_null() {
                 return q;

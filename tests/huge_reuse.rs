@@ -13,6 +13,10 @@
 //! * A huge object shrunk by `realloc` caches the rest of its mapping, and
 //!   one grown by `realloc` that has to move takes cached pages for the
 //!   growth.
+//! * A huge object grown by `realloc` in place takes cached pages for the
+//!   growth too, and a buffer of up to 2.25 MiB whose growth a cached
+//!   mapping holds whole moves into that mapping (copied), so its later
+//!   growth stays within it.
 //! * A gather leaves no rest too small to cache behind (it would be
 //!   unmapped with its pages): the object's mapping takes it along.
 //! * When the cache is full (its bytes or its slots), a freed mapping
@@ -240,6 +244,109 @@ fn a_huge_object_grown_by_realloc_takes_cached_pages() {
             if guard != libc::MAP_FAILED {
                 // SAFETY: the page mapped above, ours.
                 unsafe { libc::munmap(guard, 4096) };
+            }
+        },
+    );
+}
+
+#[test]
+fn a_huge_object_grown_in_place_takes_cached_pages() {
+    in_child(
+        "a_huge_object_grown_in_place_takes_cached_pages",
+        ENV,
+        || {
+            let size = 8 * MIB;
+            let grown = 12 * MIB;
+            // Mappings are placed top-down: a reservation mapped first lies
+            // above the object mapped next, and unmapping it leaves the object
+            // room to grow in place.
+            let room = 16 * MIB;
+            // SAFETY: a fresh anonymous reservation, unmapped below.
+            let above = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    room,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(above, libc::MAP_FAILED);
+            let a = dirty(size);
+            // SAFETY: `a` holds `size` bytes.
+            unsafe { fill(std::slice::from_raw_parts_mut(a, size), 43) };
+            let b = dirty(10 * MIB);
+            free(b, 10 * MIB);
+            // SAFETY: the reservation mapped above.
+            unsafe { libc::munmap(above, room) };
+            let f0 = minor_faults();
+            // SAFETY: allocated with this layout by `dirty`; the grown object
+            // is written within its new size.
+            unsafe {
+                let g = std::alloc::realloc(a, Layout::from_size_align(size, 16).unwrap(), grown);
+                assert!(!g.is_null());
+                g.add(size).write_bytes(0x33, grown - size);
+                let faults = minor_faults() - f0;
+                assert_eq!(g, a, "the object did not grow in place");
+                assert!(
+                    faults < FEW_FAULTS,
+                    "{faults} faults: the growth did not take the cached pages"
+                );
+                check(std::slice::from_raw_parts(g, size), 43, "grown object");
+                // Grown again: its mapping now spans two kernel mappings (its
+                // own and the moved piece), and it still grows.
+                let g2 =
+                    std::alloc::realloc(g, Layout::from_size_align(grown, 16).unwrap(), 20 * MIB);
+                assert!(!g2.is_null());
+                check(std::slice::from_raw_parts(g2, size), 43, "grown object");
+                assert!((size..grown).all(|i| *g2.add(i) == 0x33), "growth lost");
+                free(g2, 20 * MIB);
+            }
+        },
+    );
+}
+
+#[test]
+fn a_growing_buffer_moves_into_a_cached_mapping_that_holds_it() {
+    in_child(
+        "a_growing_buffer_moves_into_a_cached_mapping_that_holds_it",
+        ENV,
+        || {
+            // A buffer grown past 128 KiB gets a mapping of its own.
+            let l = |n: usize| Layout::from_size_align(n, 16).unwrap();
+            // SAFETY: non-zero sizes; each pointer is live with the layout
+            // it is passed with; writes stay within the current size.
+            unsafe {
+                let a = std::alloc::alloc(l(64 << 10));
+                assert!(!a.is_null());
+                a.write_bytes(7, 64 << 10);
+                let a = std::alloc::realloc(a, l(64 << 10), 256 << 10);
+                assert!(!a.is_null());
+                a.add(64 << 10).write_bytes(7, 192 << 10);
+                // A freed 4 MiB mapping, cached whole.
+                let b = dirty(4 * MIB);
+                free(b, 4 * MIB);
+                let f0 = minor_faults();
+                let g = std::alloc::realloc(a, l(256 << 10), 2 * MIB);
+                assert!(!g.is_null());
+                assert_eq!(g, b, "the buffer did not move into the cached mapping");
+                g.add(256 << 10).write_bytes(9, 2 * MIB - (256 << 10));
+                // Later growth stays within that mapping.
+                let g2 = std::alloc::realloc(g, l(2 * MIB), 3 * MIB + 12345);
+                assert_eq!(g2, g, "growth within the cached mapping moved");
+                g2.add(2 * MIB).write_bytes(9, MIB + 12345);
+                let faults = minor_faults() - f0;
+                assert!(
+                    faults < FEW_FAULTS,
+                    "{faults} faults growing into the cache"
+                );
+                assert!((0..256 << 10).all(|i| *g2.add(i) == 7), "contents lost");
+                assert!(
+                    (256 << 10..3 * MIB + 12345).all(|i| *g2.add(i) == 9),
+                    "growth lost"
+                );
+                free(g2, 3 * MIB + 12345);
             }
         },
     );
