@@ -212,17 +212,7 @@ fn a_huge_object_grown_by_realloc_takes_cached_pages() {
             // object; a page mapped there (when free) makes the kernel
             // refuse to grow it in place, so the growth must move it.
             let end = (a as usize + size).next_multiple_of(64 << 10);
-            // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping.
-            let guard = unsafe {
-                libc::mmap(
-                    end as *mut libc::c_void,
-                    4096,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
+            let guard = common::guard_page_at(end);
             let b = dirty(10 * MIB);
             free(b, 10 * MIB);
             let f0 = minor_faults();
@@ -241,10 +231,7 @@ fn a_huge_object_grown_by_realloc_takes_cached_pages() {
                 check(std::slice::from_raw_parts(g, size), 41, "grown object");
                 free(g, grown);
             }
-            if guard != libc::MAP_FAILED {
-                // SAFETY: the page mapped above, ours.
-                unsafe { libc::munmap(guard, 4096) };
-            }
+            common::unmap_guard_page(guard);
         },
     );
 }

@@ -319,19 +319,8 @@ fn realloc_growth_leaves_no_outgrown_chunks_cached() {
                 let huge_now = chunkmalloc::stats().huge_chunks;
                 if guard.is_none() && huge_now == huge_before + 1 {
                     let end = (p as usize + len).next_multiple_of(64 * KIB);
-                    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing
-                    // is mapped; the page is unmapped below.
-                    let g = unsafe {
-                        libc::mmap(
-                            end as *mut libc::c_void,
-                            4096,
-                            libc::PROT_NONE,
-                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                            -1,
-                            0,
-                        )
-                    };
-                    assert_eq!(g as usize, end, "guard page not placed after the buffer");
+                    let g = common::guard_page_at(end);
+                    assert!(!g.is_null(), "guard page not placed after the buffer");
                     guard = Some((g, p));
                 }
                 let new = (len + len / 2).min(2 * MIB);
@@ -355,8 +344,7 @@ fn realloc_growth_leaves_no_outgrown_chunks_cached() {
             report("after", &after);
             let (g, guarded) = guard.expect("the buffer never became a mapping");
             assert_ne!(p, guarded, "the guarded mapping did not move");
-            // SAFETY: the guard page mapped above.
-            unsafe { libc::munmap(g, 4096) };
+            common::unmap_guard_page(g);
             // SAFETY: as above.
             unsafe {
                 assert!((0..len).step_by(7).all(|i| *p.add(i) == byte(i)));

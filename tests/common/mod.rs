@@ -7,6 +7,8 @@
 //! * Running a test body in a child process (for tests that measure
 //!   process-global numbers: committed bytes, RSS, the budget).
 //! * A tiny deterministic PRNG, RSS reading, the object size classes.
+//! * A guard page mapped right after an allocator mapping, to make the
+//!   kernel refuse growing that mapping in place.
 
 #![allow(dead_code)]
 
@@ -397,4 +399,40 @@ pub fn in_child(test: &str, env: &[(&str, &str)], body: impl FnOnce()) -> String
     );
     print!("{text}");
     text
+}
+
+/// Maps one inaccessible page at `addr` if nothing is mapped there
+/// (`MAP_FIXED_NOREPLACE`, which never replaces a mapping): placed right
+/// after an allocator mapping, it makes the kernel refuse to grow that
+/// mapping in place. Returns the page, or null where the address is taken.
+/// Give it back with [`unmap_guard_page`].
+pub fn guard_page_at(addr: usize) -> *mut libc::c_void {
+    // SAFETY: MAP_FIXED_NOREPLACE fails rather than touch an existing
+    // mapping; the page is anonymous and inaccessible.
+    let g = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if g == libc::MAP_FAILED || g as usize != addr {
+        if g != libc::MAP_FAILED {
+            // SAFETY: placed elsewhere by a kernel without the flag: ours.
+            unsafe { libc::munmap(g, 4096) };
+        }
+        return std::ptr::null_mut();
+    }
+    g
+}
+
+/// Unmaps a page from [`guard_page_at`] (null: nothing to do).
+pub fn unmap_guard_page(g: *mut libc::c_void) {
+    if !g.is_null() {
+        // SAFETY: the page `guard_page_at` mapped, ours.
+        unsafe { libc::munmap(g, 4096) };
+    }
 }
