@@ -212,7 +212,7 @@ fn a_huge_object_grown_by_realloc_takes_cached_pages() {
             // object; a page mapped there (when free) makes the kernel
             // refuse to grow it in place, so the growth must move it.
             let end = (a as usize + size).next_multiple_of(64 << 10);
-            let guard = common::guard_page_at(end);
+            let guard = common::reserve_at(end, 4096);
             let b = dirty(10 * MIB);
             free(b, 10 * MIB);
             let f0 = minor_faults();
@@ -231,7 +231,7 @@ fn a_huge_object_grown_by_realloc_takes_cached_pages() {
                 check(std::slice::from_raw_parts(g, size), 41, "grown object");
                 free(g, grown);
             }
-            common::unmap_guard_page(guard);
+            common::unreserve(guard, 4096);
         },
     );
 }
@@ -243,39 +243,38 @@ fn a_huge_object_grown_in_place_takes_cached_pages() {
         ENV,
         || {
             let size = 8 * MIB;
-            let grown = 12 * MIB;
-            // Mappings are placed top-down: a reservation mapped first lies
-            // above the object mapped next, and unmapping it leaves the object
-            // room to grow in place.
-            let room = 16 * MIB;
-            // SAFETY: a fresh anonymous reservation, unmapped below.
-            let above = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    room,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
+            // Within what the 2 MiB alignment trims off the end of a fresh
+            // mapping (up to 2 MiB less 64 KiB), which stays free unless
+            // something small lands there: the object grows in place.
+            let room = 3 * MIB / 2;
+            let grown = size + room;
+            // An object whose next addresses are free, reserved while the
+            // cached mapping is made (objects without are kept aside: a later
+            // one lands below them, just below its own trimmed tail).
+            let mut aside = Vec::new();
+            let (a, kept) = loop {
+                let a = dirty(size);
+                let end = (a as usize + size).next_multiple_of(64 << 10);
+                let kept = common::reserve_at(end, room);
+                if !kept.is_null() {
+                    break (a, kept);
+                }
+                assert!(aside.len() < 16, "no object with free addresses after it");
+                aside.push(a);
             };
-            assert_ne!(above, libc::MAP_FAILED);
-            let a = dirty(size);
             // SAFETY: `a` holds `size` bytes.
             unsafe { fill(std::slice::from_raw_parts_mut(a, size), 43) };
             let b = dirty(10 * MIB);
             free(b, 10 * MIB);
-            // SAFETY: the reservation mapped above.
-            unsafe { libc::munmap(above, room) };
+            common::unreserve(kept, room);
             let f0 = minor_faults();
             // SAFETY: allocated with this layout by `dirty`; the grown object
             // is written within its new size.
             unsafe {
                 let g = std::alloc::realloc(a, Layout::from_size_align(size, 16).unwrap(), grown);
-                assert!(!g.is_null());
-                g.add(size).write_bytes(0x33, grown - size);
-                let faults = minor_faults() - f0;
                 assert_eq!(g, a, "the object did not grow in place");
+                g.add(size).write_bytes(0x33, room);
+                let faults = minor_faults() - f0;
                 assert!(
                     faults < FEW_FAULTS,
                     "{faults} faults: the growth did not take the cached pages"
@@ -290,6 +289,7 @@ fn a_huge_object_grown_in_place_takes_cached_pages() {
                 assert!((size..grown).all(|i| *g2.add(i) == 0x33), "growth lost");
                 free(g2, 20 * MIB);
             }
+            aside.into_iter().for_each(|p| free(p, size));
         },
     );
 }

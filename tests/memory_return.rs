@@ -319,7 +319,7 @@ fn realloc_growth_leaves_no_outgrown_chunks_cached() {
                 let huge_now = chunkmalloc::stats().huge_chunks;
                 if guard.is_none() && huge_now == huge_before + 1 {
                     let end = (p as usize + len).next_multiple_of(64 * KIB);
-                    let g = common::guard_page_at(end);
+                    let g = common::reserve_at(end, 4096);
                     assert!(!g.is_null(), "guard page not placed after the buffer");
                     guard = Some((g, p));
                 }
@@ -344,7 +344,7 @@ fn realloc_growth_leaves_no_outgrown_chunks_cached() {
             report("after", &after);
             let (g, guarded) = guard.expect("the buffer never became a mapping");
             assert_ne!(p, guarded, "the guarded mapping did not move");
-            common::unmap_guard_page(g);
+            common::unreserve(g, 4096);
             // SAFETY: as above.
             unsafe {
                 assert!((0..len).step_by(7).all(|i| *p.add(i) == byte(i)));

@@ -7,8 +7,9 @@
 //! * Running a test body in a child process (for tests that measure
 //!   process-global numbers: committed bytes, RSS, the budget).
 //! * A tiny deterministic PRNG, RSS reading, the object size classes.
-//! * A guard page mapped right after an allocator mapping, to make the
-//!   kernel refuse growing that mapping in place.
+//! * Address ranges reserved where nothing is mapped: a guard page right
+//!   after an allocator mapping (its in-place growth then fails), or room
+//!   kept free for a growth.
 
 #![allow(dead_code)]
 
@@ -401,38 +402,40 @@ pub fn in_child(test: &str, env: &[(&str, &str)], body: impl FnOnce()) -> String
     text
 }
 
-/// Maps one inaccessible page at `addr` if nothing is mapped there
-/// (`MAP_FIXED_NOREPLACE`, which never replaces a mapping): placed right
-/// after an allocator mapping, it makes the kernel refuse to grow that
-/// mapping in place. Returns the page, or null where the address is taken.
-/// Give it back with [`unmap_guard_page`].
-pub fn guard_page_at(addr: usize) -> *mut libc::c_void {
+/// Maps `len` inaccessible bytes at `addr` if nothing is mapped there
+/// (`MAP_FIXED_NOREPLACE`, which never replaces a mapping): a page placed
+/// right after an allocator mapping makes the kernel refuse to grow that
+/// mapping in place, and a longer range keeps addresses free for a later
+/// growth. Returns the range, or null where the addresses are taken. Give
+/// it back with [`unreserve`].
+pub fn reserve_at(addr: usize, len: usize) -> *mut libc::c_void {
     // SAFETY: MAP_FIXED_NOREPLACE fails rather than touch an existing
-    // mapping; the page is anonymous and inaccessible.
+    // mapping; the range is anonymous and inaccessible.
     let g = unsafe {
         libc::mmap(
             addr as *mut libc::c_void,
-            4096,
+            len,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
     };
-    if g == libc::MAP_FAILED || g as usize != addr {
-        if g != libc::MAP_FAILED {
-            // SAFETY: placed elsewhere by a kernel without the flag: ours.
-            unsafe { libc::munmap(g, 4096) };
-        }
+    if g == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    if g as usize != addr {
+        // Placed elsewhere by a kernel without the flag: ours to unmap.
+        unreserve(g, len);
         return std::ptr::null_mut();
     }
     g
 }
 
-/// Unmaps a page from [`guard_page_at`] (null: nothing to do).
-pub fn unmap_guard_page(g: *mut libc::c_void) {
+/// Unmaps a range from [`reserve_at`] (null: nothing to do).
+pub fn unreserve(g: *mut libc::c_void, len: usize) {
     if !g.is_null() {
-        // SAFETY: the page `guard_page_at` mapped, ours.
-        unsafe { libc::munmap(g, 4096) };
+        // SAFETY: a range `reserve_at` mapped, ours.
+        unsafe { libc::munmap(g, len) };
     }
 }
