@@ -543,7 +543,7 @@ const LOOK_AHEAD: usize = 4;
 /// (`larson`: 5.1 MiB of remote frees uncollected at the peak, for 3.1
 /// MiB live). Fewer than a carve's worth are left to gather: taking them
 /// made a slow-path entry each (`smallobj_churn` +2.8 % instructions), and
-/// the bound keeps long bins' walks short (+1.7 % unbounded).
+/// the bound keeps long bins' walks short (+1.3 % unbounded).
 ///
 /// # Safety
 /// Owner thread of a real heap, holding its lock.

@@ -263,12 +263,6 @@ pub fn advise_huge_pages(p: *mut u8, len: usize) {
     }
 }
 
-/// Resizes a mapping without moving it; false on failure (the old mapping
-/// then stays intact).
-pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
-    resize_in_place(p, old_len, new_len) == Resize::Done
-}
-
 /// How [`resize_in_place`] went.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Resize {
@@ -496,7 +490,7 @@ mod tests {
         // SAFETY: 64 KiB mapped above.
         unsafe { p.write_bytes(0x5a, 65536) };
         let len = 1 << 22;
-        let q = if remap_in_place(p, 65536, len) {
+        let q = if resize_in_place(p, 65536, len) == Resize::Done {
             p
         } else {
             let t = map_aligned(len, 65536, 0);
