@@ -248,6 +248,16 @@ pub fn register(start: usize, len: usize, header: usize) -> bool {
     true
 }
 
+/// Points every granule of `[start, start+len)`, a registered range, at
+/// `header` (a slab header moved within its chunk).
+pub fn repoint(start: usize, len: usize, header: usize) {
+    set_range(
+        start >> CHUNK_SHIFT,
+        (start + len - 1) >> CHUNK_SHIFT,
+        header,
+    );
+}
+
 /// Clears every granule overlapping `[start, start+len)` (registered
 /// before).
 pub fn unregister(start: usize, len: usize) {

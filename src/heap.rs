@@ -26,8 +26,8 @@ use core::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::chunk::{
-    Block, Chunk, ChunkStack, Kind, MarkFull, EMPTY_CHUNK, FLAG_ALIGNED, FLAG_FULL, FLAG_MASK,
-    FLAG_NOT_SLAB, HEADER_SIZE,
+    chunk_base, slab_header_offset, Block, Chunk, ChunkStack, Kind, MarkFull, EMPTY_CHUNK,
+    FLAG_ALIGNED, FLAG_FULL, FLAG_MASK, FLAG_NOT_SLAB, HEADER_SIZE,
 };
 use crate::chunk_map;
 use crate::os::{self, OsPages};
@@ -420,7 +420,7 @@ unsafe fn retire_to_global(heap: *mut Heap, c: *mut Chunk) {
     // SAFETY: per the contract.
     unsafe {
         bump(&(*heap).slab_chunks, usize::MAX);
-        mark_cached(c);
+        let c = mark_cached(c);
         GLOBAL_CACHE.push_list(c, os::now_ms());
     }
 }
@@ -620,6 +620,17 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
         if c.is_null() {
             return ptr::null_mut();
         }
+        // The header moves to the chunk's color (`SLAB_COLORS`); no other
+        // thread can reach the chunk yet. The first block must lie in
+        // charged pages (the `alloc_class` below must not fail: it would
+        // re-enter the slow path, whose lock this thread holds), so where
+        // the budget refuses the page the move needs, the header stays.
+        let base = c.cast::<u8>();
+        let mut off = slab_header_offset(base as usize);
+        if off != 0 && !Chunk::charge_to(c, off + HEADER_SIZE + class_size(cls), budget) {
+            off = 0;
+        }
+        let c = Chunk::move_header(c, base.add(off).cast());
         Chunk::init_slab(c, cls, class_size(cls), heap as usize);
         bump(&(*heap).slab_chunks, 1);
         bin_push_front(heap, cls, c);
@@ -1597,7 +1608,7 @@ unsafe fn push_remote_retry(c: *mut Chunk, b: *mut Block, w: usize) {
 #[inline(always)]
 unsafe fn pushed(c: *mut Chunk, claimed: bool) {
     #[cfg(feature = "test-hooks")]
-    crate::hooks::reached(crate::hooks::Point::AfterRemotePush, c as usize);
+    crate::hooks::reached(crate::hooks::Point::AfterRemotePush, chunk_base(c) as usize);
     if claimed {
         // SAFETY: per the contract.
         unsafe { queue_claimed(c) }
@@ -1915,7 +1926,7 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
                 // block is handed out only once carved): what an earlier
                 // use of a reused chunk touched. Only the current chunk's
                 // cursor moves, so its tail waits until it stood still.
-                let keep = ((*c).bump as usize - c as usize).next_multiple_of(page);
+                let keep = ((*c).bump as usize - chunk_base(c) as usize).next_multiple_of(page);
                 if (c != first || still >= TIDY_STILL) && Chunk::charged(c) >= keep + TIDY_TRIM {
                     decommit_tail(c, keep, budget);
                 }
@@ -2386,6 +2397,60 @@ mod tests {
             collect(h, true);
             (*h).lock.unlock();
             assert_direct_matches(h);
+            registry::abandon(h);
+        }
+    }
+
+    /// Slab headers sit at their chunk's color, blocks after them and
+    /// inside the chunk; a retired chunk's header is back at its start,
+    /// where the chunk map points.
+    #[test]
+    fn slab_headers_take_their_color_and_move_back_when_retired() {
+        const BS: usize = 512;
+        let h = registry::acquire();
+        assert!(!h.is_null());
+        // SAFETY: the record is this test's own; only this thread uses it.
+        unsafe {
+            let mut blocks = Vec::new();
+            let mut bases = Vec::new();
+            while bases.len() < 24 {
+                let p = malloc(h, BS);
+                assert!(!p.is_null());
+                let c = chunk_map::lookup(p as usize) as *mut Chunk;
+                let base = chunk_base(c);
+                assert_eq!(
+                    c as usize - base as usize,
+                    slab_header_offset(base as usize)
+                );
+                let data = c as usize + HEADER_SIZE;
+                assert!(p as usize >= data && (p as usize - data) % BS == 0);
+                assert!(p as usize + BS <= base as usize + (*c).size);
+                if !bases.contains(&(base as usize)) {
+                    bases.push(base as usize);
+                }
+                blocks.push(p);
+            }
+            let colors: std::collections::BTreeSet<usize> =
+                bases.iter().map(|&b| slab_header_offset(b)).collect();
+            assert!(colors.len() >= 2, "24 chunks, one color: {colors:?}");
+            for &p in &blocks {
+                assert_eq!(free(h, p), FreeResult::Done);
+            }
+            (*h).lock.lock();
+            collect(h, true);
+            (*h).lock.unlock();
+            // Every chunk but the class's current one went to a cache.
+            let mut back = 0;
+            for &b in &bases {
+                let c = chunk_map::lookup(b) as *mut Chunk;
+                if c == (*h).current[class_of(BS)] {
+                    continue;
+                }
+                assert_eq!(c as usize, b, "a cached chunk's header is at its start");
+                assert_eq!((*c).kind, Kind::Cached);
+                back += 1;
+            }
+            assert!(back >= bases.len() - 1, "{back} of {} retired", bases.len());
             registry::abandon(h);
         }
     }

@@ -10,7 +10,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub enum Point {
     /// In a remote free, right after the CAS that published the block
     /// (and, if it claimed one, before the chunk is queued on the owner's
-    /// pending stack). Argument: the chunk's address.
+    /// pending stack). Argument: the chunk's start (not its header's
+    /// address, which a slab's color moves).
     AfterRemotePush,
 }
 

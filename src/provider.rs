@@ -26,7 +26,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use allocator_api2::alloc::{Allocator, Layout};
 
 use crate::budget::Budget;
-use crate::chunk::{Chunk, ChunkStack, HEADER_SIZE};
+use crate::chunk::{chunk_base, Chunk, ChunkStack, HEADER_SIZE};
 use crate::chunk_map;
 use crate::config;
 use crate::os;
@@ -271,10 +271,10 @@ impl GlobalCache {
             }
             let slot = (0..HUGE_SLOTS).find(|&i| taken(i)).unwrap_or(0);
             // SAFETY: `c` is exclusively ours until published in the slot.
-            unsafe {
-                mark_cached(c);
-                (*c).cached_at = now;
-            }
+            // (A huge mapping's header is at its start: it stays `c`.)
+            let c = unsafe { mark_cached(c) };
+            // SAFETY: as above.
+            unsafe { (*c).cached_at = now };
             self.huge[slot].store(c, Ordering::Relaxed);
             self.huge_bytes.fetch_add(size, Ordering::Relaxed);
         }
@@ -518,18 +518,22 @@ fn max_decommitted() -> usize {
     GLOBAL_MAX_DECOMMITTED
 }
 
-/// Marks a chunk free (kind `Cached`, no owner, not a slab, unlinked) and
-/// returns its size.
+/// Marks a chunk free (kind `Cached`, no owner, not a slab, unlinked),
+/// with its header moved back to the chunk's start if it was a slab's
+/// elsewhere (the chunk map follows), and returns that header.
 ///
 /// # Safety
-/// The caller holds `c` exclusively and it has no live objects.
-pub(crate) unsafe fn mark_cached(c: *mut Chunk) -> usize {
+/// The caller holds `c` exclusively and it has no live objects; a header
+/// away from the chunk's start is registered in the chunk map.
+#[must_use]
+pub(crate) unsafe fn mark_cached(c: *mut Chunk) -> *mut Chunk {
     // SAFETY: per the contract.
     unsafe {
+        let c = Chunk::move_header(c, chunk_base(c).cast());
         (*c).kind = crate::chunk::Kind::Cached;
         Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);
         (*c).link.store(ptr::null_mut(), Ordering::Relaxed);
-        (*c).size
+        c
     }
 }
 
@@ -559,7 +563,7 @@ pub(crate) unsafe fn decommit_tail(c: *mut Chunk, keep: usize, budget: &Budget) 
         if have <= keep {
             return 0;
         }
-        os::decommit(c.cast::<u8>().add(keep), have - keep);
+        os::decommit(chunk_base(c).add(keep), have - keep);
         (*c).charged = keep as u32;
         budget.release(have - keep);
         have - keep
@@ -754,7 +758,7 @@ impl<A: Allocator + 'static> Provider<A> {
                 }
                 return c;
             }
-            mark_cached(c);
+            let c = mark_cached(c);
             self.global.push_list(c, os::now_ms());
             ptr::null_mut()
         }
@@ -838,8 +842,9 @@ impl<A: Allocator + 'static> Provider<A> {
     /// pages that nothing else references.
     pub unsafe fn release(&self, c: *mut Chunk) {
         // SAFETY: per the contract, `c` is ours and unreferenced.
+        let c = unsafe { mark_cached(c) };
+        // SAFETY: as above.
         let (cls, size) = unsafe {
-            mark_cached(c);
             (
                 crate::size_class::chunk_class_of((*c).size),
                 Chunk::charged(c),
@@ -875,8 +880,9 @@ impl<A: Allocator + 'static> Provider<A> {
     /// nothing else.
     pub unsafe fn push_shared(&self, c: *mut Chunk) {
         // SAFETY: per the contract, `c` is ours to hand over.
+        let c = unsafe { mark_cached(c) };
+        // SAFETY: as above.
         let (cls, size) = unsafe {
-            mark_cached(c);
             (
                 crate::size_class::chunk_class_of((*c).size),
                 Chunk::charged(c),
