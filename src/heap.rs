@@ -634,7 +634,13 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
         Chunk::init_slab(c, cls, class_size(cls), heap as usize);
         bump(&(*heap).slab_chunks, 1);
         bin_push_front(heap, cls, c);
-        Chunk::extend(c, budget);
+        // The first block lies in charged pages, so this carve succeeds;
+        // were it to fail, the `alloc_class` below would re-enter the
+        // slow path and spin on the lock this thread holds.
+        if !Chunk::extend(c, budget) {
+            check!(false, "a new slab's first block is charged");
+            return ptr::null_mut();
+        }
         alloc_class(heap, cls, zero)
     }
 }
