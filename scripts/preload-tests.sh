@@ -35,6 +35,10 @@
 #      flow_stress    8 threads, 16 B..32 MiB, cross-thread frees, exiting
 #                     threads, malloc_trim, 64 MiB live under
 #                     CHUNKMALLOC_BUDGET=160MiB; ~20 s
+#      thread_exit    2,000 short threads: blocks intact, nothing reported
+#                     on stderr (glibc's free of each thread's exit-hook
+#                     node); with chunkmalloc, a thread's first malloc adds
+#                     only its own block to the bytes in use
 #    These, and the chunkmalloc-only C tests below, run under
 #    `timeout 60`, so a deadlock is a FAIL (exit status 124).
 # 2. Runs real programs with and without the preload and compares their
@@ -135,7 +139,7 @@ echo "preload-tests: library $LIB"
 # ----------------------------------------------------------------------------
 # Build the C programs.
 PROGRAMS=(conformance stress fork_threads budget_enomem lifecycle fork_atfork_alloc fork_stdio fork_signal
-    idle_owner first_alloc_last_round flow_stress)
+    idle_owner first_alloc_last_round flow_stress thread_exit)
 declare -A BUILT=()
 for prog in "${PROGRAMS[@]}"; do
     if "$CC" -O2 -pthread -Wall -Wextra -o "$BUILD/$prog" "$ROOT/tests/c/$prog.c" -ldl \
@@ -253,6 +257,7 @@ RUN_C_TIMEOUT=60 run_c fork_signal fork_signal
 # the "idle" phases are enforced only with CONFORMANCE_EXPECT_CHUNKMALLOC=1
 RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-rss run_c idle_owner idle_owner -- rss
 RUN_C_TIMEOUT=60 run_c flow_stress flow_stress CHUNKMALLOC_BUDGET=160MiB
+RUN_C_TIMEOUT=60 run_c thread_exit thread_exit
 if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 ]]; then
     RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-budget run_c idle_owner idle_owner CHUNKMALLOC_BUDGET=320MiB -- budget
     RUN_C_TIMEOUT=60 run_c first_alloc_last_round first_alloc_last_round

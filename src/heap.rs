@@ -245,10 +245,20 @@ pub static DEAD_HEAP: EmptyHeap = EmptyHeap(Heap::new(
     STATE_EMPTY,
 ));
 
+/// The heap pointer of a thread while it registers its exit destructor
+/// (`thread::on_thread_exit`): the registration's one allocation, glibc's
+/// list node, is served from the thread's static TLS instead of a heap, so
+/// that glibc's `free` of it, after the destructor abandoned the heap,
+/// costs nothing (`thread::exit_node`). Owns nothing, like the empty heap.
+pub static REGISTERING_HEAP: EmptyHeap = EmptyHeap(Heap::new(
+    ptr::addr_of!(EMPTY_CHUNK) as *mut Chunk,
+    STATE_EMPTY,
+));
+
 /// Wrapper making the empty heaps `Sync`.
 pub struct EmptyHeap(Heap);
 
-// SAFETY: EMPTY_HEAP and DEAD_HEAP are never written: every path that would write a heap
+// SAFETY: EMPTY_HEAP, DEAD_HEAP and REGISTERING_HEAP are never written: every path that would write a heap
 // checks `is_empty` first (slow paths) or cannot reach it (no chunk is
 // owned by it, so the owner fast path never matches). They are not in the
 // registry, so no reclaiming thread locks them.
@@ -265,7 +275,9 @@ impl EmptyHeap {
 /// Whether `heap` is one of the static heaps that own nothing.
 #[inline(always)]
 pub fn is_empty(heap: *mut Heap) -> bool {
-    ptr::eq(heap, EMPTY_HEAP.as_ptr()) || ptr::eq(heap, DEAD_HEAP.as_ptr())
+    ptr::eq(heap, EMPTY_HEAP.as_ptr())
+        || ptr::eq(heap, DEAD_HEAP.as_ptr())
+        || ptr::eq(heap, REGISTERING_HEAP.as_ptr())
 }
 
 // ---------------------------------------------------------------------------

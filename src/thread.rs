@@ -3,15 +3,15 @@
 //!
 //! The heap pointer is a thread-local word with no destructor (an
 //! initial-exec TLS variable on x86-64 Linux, a const `thread_local!`
-//! elsewhere; see `tls`): it never registers a TLS destructor (which would
-//! call `calloc` through `__cxa_thread_atexit_impl` and recurse), and
-//! starts at the static
-//! [`EMPTY_HEAP`] so a thread's first allocation falls into the slow path,
-//! which attaches a heap. Only then is the thread-exit hook armed: a
-//! `pthread_key_create` destructor that abandons the heap. An allocation
-//! made after that destructor (by a later TLS destructor) attaches a heap
-//! again and re-arms the key, which glibc honours for up to
-//! `PTHREAD_DESTRUCTOR_ITERATIONS` rounds.
+//! elsewhere; see `tls`): it never registers a TLS destructor of its own
+//! making (which would call `calloc` through `__cxa_thread_atexit_impl`
+//! and recurse), and starts at the static [`EMPTY_HEAP`] so a thread's
+//! first allocation falls into the slow path, which attaches a heap. Only
+//! then is the thread-exit hook armed ([`on_thread_exit`]: with glibc a
+//! thread-local destructor whose list node is the thread's TLS exit node,
+//! elsewhere a `pthread_key_t` value), which abandons the heap. An
+//! allocation made after it (by a later destructor) borrows a heap for
+//! that one call ([`DEAD_HEAP`]).
 //!
 //! Process-wide hooks (the key, `pthread_atfork`, the exit-time statistics
 //! printer) are installed once, by the first thread to attach, after its
@@ -24,7 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use crate::budget;
 use crate::chunk::Chunk;
 use crate::config;
-use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP};
+use crate::heap::{self, FreeResult, Heap, DEAD_HEAP, EMPTY_HEAP, REGISTERING_HEAP};
 use crate::os;
 use crate::registry;
 use crate::size_class::CHUNK_SIZE;
@@ -56,8 +56,37 @@ mod tls {
         "chunkmalloc_tls_heap:",
         ".quad {empty}",
         ".popsection",
+        ".pushsection .tbss.chunkmalloc_tls_exit_node,\"awT\",@nobits",
+        ".p2align 4",
+        ".globl chunkmalloc_tls_exit_node",
+        ".hidden chunkmalloc_tls_exit_node",
+        ".type chunkmalloc_tls_exit_node,@object",
+        ".size chunkmalloc_tls_exit_node,{node}",
+        "chunkmalloc_tls_exit_node:",
+        ".zero {node}",
+        ".popsection",
         empty = sym EMPTY_HEAP,
+        node = const super::EXIT_NODE_BYTES,
     );
+
+    /// This thread's exit node (`super::EXIT_NODE_BYTES` zeroed bytes at
+    /// thread start, 16-byte aligned).
+    #[inline(always)]
+    pub fn exit_node() -> *mut u8 {
+        let p: *mut u8;
+        // SAFETY: computes the address of this thread's copy of the TLS
+        // object above (thread pointer at fs:0 plus its initial-exec
+        // offset); nothing is written.
+        unsafe {
+            core::arch::asm!(
+                "mov {p}, qword ptr fs:[0]",
+                "add {p}, qword ptr [rip + chunkmalloc_tls_exit_node@GOTTPOFF]",
+                p = out(reg) p,
+                options(nostack, readonly, pure),
+            );
+        }
+        p
+    }
 
     #[inline(always)]
     pub fn get() -> *mut Heap {
@@ -99,11 +128,22 @@ mod tls {
     not(feature = "dynamic-tls")
 )))]
 mod tls {
-    use super::{Heap, EMPTY_HEAP};
-    use core::cell::Cell;
+    use super::{Heap, EMPTY_HEAP, EXIT_NODE_BYTES};
+    use core::cell::{Cell, UnsafeCell};
+
+    /// `EXIT_NODE_BYTES` bytes, 16-byte aligned.
+    #[repr(C, align(16))]
+    struct Node(UnsafeCell<[u8; EXIT_NODE_BYTES]>);
 
     thread_local! {
         static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP.as_ptr()) };
+        static NODE: Node = const { Node(UnsafeCell::new([0; EXIT_NODE_BYTES])) };
+    }
+
+    /// This thread's exit node (zeroed at thread start).
+    #[inline(always)]
+    pub fn exit_node() -> *mut u8 {
+        NODE.with(|n| n.0.get().cast())
     }
 
     #[inline(always)]
@@ -115,6 +155,32 @@ mod tls {
     pub fn set(h: *mut Heap) {
         HEAP.with(|c| c.set(h));
     }
+}
+
+/// Bytes of a thread's exit node, the static TLS block that serves the one
+/// allocation of [`on_thread_exit`]'s registration (glibc's 32-byte
+/// `struct dtor_list`, `calloc`ed by `__cxa_thread_atexit_impl`): up to
+/// [`EXIT_NODE_USABLE`] bytes are handed out; the last byte records that
+/// they were.
+pub(crate) const EXIT_NODE_BYTES: usize = 64;
+/// The most an allocation served by the exit node may ask for.
+const EXIT_NODE_USABLE: usize = 48;
+
+/// Hands out this thread's exit node if it is still unused and `size` and
+/// `align` fit it; null otherwise. The node is zero (TLS blocks start
+/// zeroed and the node is handed out once), so it serves `calloc` too.
+fn take_exit_node(size: usize, align: usize) -> *mut u8 {
+    let node = tls::exit_node();
+    // SAFETY: the node is this thread's own `EXIT_NODE_BYTES` bytes; its
+    // last byte is ours (never handed out).
+    unsafe {
+        let taken = node.add(EXIT_NODE_BYTES - 1);
+        if size > EXIT_NODE_USABLE || align > 16 || *taken != 0 {
+            return ptr::null_mut();
+        }
+        *taken = 1;
+    }
+    node
 }
 
 /// The calling thread's heap (the empty heap until its first allocation).
@@ -181,6 +247,21 @@ fn on_thread_exit(h: *mut Heap) {
     if tid == pid {
         return;
     }
+    // The node glibc allocates for the registration comes from the exit
+    // node while the thread's pointer is the registering heap (the
+    // allocation falls through to `alloc_retry`). glibc frees the node
+    // after `thread_exit` has abandoned the heap; from a heap that free
+    // was a remote free into an abandoned heap's armed chunk, which
+    // queued the chunk for a sweeper (223 instructions a thread, callgrind
+    // on `brief_threads`); the exit node's free is a compare
+    // (`free_miss`). A second registration in the same thread (after a
+    // `fork` child dropped its heap) finds the node taken and allocates
+    // from `h`.
+    // SAFETY: the node's last byte is this thread's own.
+    let node_free = unsafe { *tls::exit_node().add(EXIT_NODE_BYTES - 1) == 0 };
+    if node_free {
+        tls::set(REGISTERING_HEAP.as_ptr());
+    }
     // SAFETY: glibc (2.18 and later) provides the function; the DSO symbol
     // is a static of this object, so glibc keeps the object loaded while
     // the destructor is pending; `thread_exit` never unwinds.
@@ -191,6 +272,7 @@ fn on_thread_exit(h: *mut Heap) {
             ptr::addr_of!(HOOKS) as *mut libc::c_void,
         );
     }
+    tls::set(h);
 }
 
 /// Arranges for [`thread_exit`] to run with `h` when the calling thread
@@ -381,6 +463,16 @@ pub fn malloc_aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
 #[inline(never)]
 fn alloc_retry(size: usize, align: usize, zero: bool) -> *mut u8 {
     let mut h = current();
+    if h == REGISTERING_HEAP.as_ptr() {
+        // `on_thread_exit`'s registration: the exit node, or (if an
+        // allocation it did not expect comes first, e.g. from a signal
+        // handler) a block from a borrowed heap.
+        let p = take_exit_node(size, align);
+        if !p.is_null() {
+            return p;
+        }
+        return alloc_dead_thread(size, align, zero);
+    }
     if h == DEAD_HEAP.as_ptr() {
         return alloc_dead_thread(size, align, zero);
     }
@@ -536,6 +628,12 @@ unsafe fn free_miss(p: *mut u8) {
     if p.is_null() {
         return;
     }
+    if p == tls::exit_node() {
+        // glibc's free of the node of `on_thread_exit`'s registration:
+        // the node is this thread's TLS (no chunk holds it, so every
+        // heap's lookup misses), handed out once and never reused.
+        return;
+    }
     // SAFETY: forwarded contract.
     let r = unsafe { heap::free(current(), p) };
     if r != FreeResult::Done {
@@ -603,7 +701,8 @@ unsafe fn free_other_slow(h: *mut Heap, c: *mut Chunk, p: *mut u8, tag: usize) {
 #[inline(never)]
 unsafe fn free_retry(p: *mut u8, r: FreeResult) {
     let r = if r == FreeResult::NeedsHeap {
-        let h = if current() == DEAD_HEAP.as_ptr() {
+        let cur = current();
+        let h = if cur == DEAD_HEAP.as_ptr() || cur == REGISTERING_HEAP.as_ptr() {
             ptr::null_mut()
         } else {
             attach()
