@@ -166,21 +166,26 @@ pub(crate) const EXIT_NODE_BYTES: usize = 64;
 /// The most an allocation served by the exit node may ask for.
 const EXIT_NODE_USABLE: usize = 48;
 
+/// The byte that records whether this thread's exit node was handed out
+/// (the node's last, never handed out itself).
+fn exit_node_taken() -> *mut u8 {
+    // SAFETY: within this thread's own `EXIT_NODE_BYTES`-byte node.
+    unsafe { tls::exit_node().add(EXIT_NODE_BYTES - 1) }
+}
+
 /// Hands out this thread's exit node if it is still unused and `size` and
 /// `align` fit it; null otherwise. The node is zero (TLS blocks start
 /// zeroed and the node is handed out once), so it serves `calloc` too.
 fn take_exit_node(size: usize, align: usize) -> *mut u8 {
-    let node = tls::exit_node();
-    // SAFETY: the node is this thread's own `EXIT_NODE_BYTES` bytes; its
-    // last byte is ours (never handed out).
+    let taken = exit_node_taken();
+    // SAFETY: the flag byte is this thread's own.
     unsafe {
-        let taken = node.add(EXIT_NODE_BYTES - 1);
         if size > EXIT_NODE_USABLE || align > 16 || *taken != 0 {
             return ptr::null_mut();
         }
         *taken = 1;
     }
-    node
+    tls::exit_node()
 }
 
 /// The calling thread's heap (the empty heap until its first allocation).
@@ -257,8 +262,8 @@ fn on_thread_exit(h: *mut Heap) {
     // (`free_miss`). A second registration in the same thread (after a
     // `fork` child dropped its heap) finds the node taken and allocates
     // from `h`.
-    // SAFETY: the node's last byte is this thread's own.
-    let node_free = unsafe { *tls::exit_node().add(EXIT_NODE_BYTES - 1) == 0 };
+    // SAFETY: the flag byte is this thread's own.
+    let node_free = unsafe { *exit_node_taken() == 0 };
     if node_free {
         tls::set(REGISTERING_HEAP.as_ptr());
     }
