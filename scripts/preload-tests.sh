@@ -39,6 +39,11 @@
 #                     on stderr (glibc's free of each thread's exit-hook
 #                     node); with chunkmalloc, a thread's first malloc adds
 #                     only its own block to the bytes in use
+#      trim_interior  64 MiB of 64-byte blocks, one in 512 kept: malloc_trim(0)
+#                     gives back the free pages inside the slabs (resident
+#                     set falls by 40 MiB or more), survivors intact, and the
+#                     same number of blocks again reuse those pages (that
+#                     part and the fall only for chunkmalloc)
 #    These, and the chunkmalloc-only C tests below, run under
 #    `timeout 60`, so a deadlock is a FAIL (exit status 124).
 # 2. Runs real programs with and without the preload and compares their
@@ -139,7 +144,7 @@ echo "preload-tests: library $LIB"
 # ----------------------------------------------------------------------------
 # Build the C programs.
 PROGRAMS=(conformance stress fork_threads budget_enomem lifecycle fork_atfork_alloc fork_stdio fork_signal
-    idle_owner first_alloc_last_round flow_stress thread_exit)
+    idle_owner first_alloc_last_round flow_stress thread_exit trim_interior)
 declare -A BUILT=()
 for prog in "${PROGRAMS[@]}"; do
     if "$CC" -O2 -pthread -Wall -Wextra -o "$BUILD/$prog" "$ROOT/tests/c/$prog.c" -ldl \
@@ -258,6 +263,7 @@ RUN_C_TIMEOUT=60 run_c fork_signal fork_signal
 RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-rss run_c idle_owner idle_owner -- rss
 RUN_C_TIMEOUT=60 run_c flow_stress flow_stress CHUNKMALLOC_BUDGET=160MiB
 RUN_C_TIMEOUT=60 run_c thread_exit thread_exit
+RUN_C_TIMEOUT=60 run_c trim_interior trim_interior
 if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 ]]; then
     RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-budget run_c idle_owner idle_owner CHUNKMALLOC_BUDGET=320MiB -- budget
     RUN_C_TIMEOUT=60 run_c first_alloc_last_round first_alloc_last_round

@@ -320,8 +320,9 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     n
 }
 
-/// `malloc_trim(3)`: gives cached memory back to the OS; 1 if any was
-/// released, else 0.
+/// `malloc_trim(3)`: gives cached memory and the free pages inside partly
+/// used slabs back to the OS (`crate::purge`); 1 if any was released,
+/// else 0.
 #[no_mangle]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     let saved = os::errno();

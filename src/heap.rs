@@ -22,7 +22,7 @@
 //! and retries.
 
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::budget;
 use crate::chunk::{
@@ -160,6 +160,9 @@ pub struct Heap {
     pub(crate) swept_entries: AtomicUsize,
     /// The clock reading of the owner's last [`tidy`] (under `lock`).
     tidied_ms: u64,
+    /// The [`TRIM_EPOCH`] this heap last gave back free pages for
+    /// (owner-written).
+    trim_seen: u64,
     /// Per class, `slow_entries` at the class's last slow-path entry
     /// (owner-written): how recently the class was active, for
     /// [`retire_idle_current`].
@@ -215,6 +218,7 @@ impl Heap {
             slow_entries: ZERO,
             swept_entries: ZERO,
             tidied_ms: 0,
+            trim_seen: 0,
             class_slow: [0; NUM_CLASSES],
             tidy_bump: [0; NUM_CLASSES],
             tidy_still: [0; NUM_CLASSES],
@@ -415,6 +419,7 @@ unsafe fn uncount_detached(heap: *mut Heap, c: *mut Chunk) {
 unsafe fn retire(heap: *mut Heap, c: *mut Chunk) {
     // SAFETY: heap lock held; the chunk is unreferenced.
     unsafe {
+        Chunk::drop_holes(c, (*heap).provider.budget());
         bump(&(*heap).slab_chunks, usize::MAX);
         (*heap).provider.release(c);
         (*heap).provider.maintain(os::now_ms());
@@ -431,6 +436,7 @@ unsafe fn retire(heap: *mut Heap, c: *mut Chunk) {
 unsafe fn retire_to_global(heap: *mut Heap, c: *mut Chunk) {
     // SAFETY: per the contract.
     unsafe {
+        Chunk::drop_holes(c, (*heap).provider.budget());
         bump(&(*heap).slab_chunks, usize::MAX);
         let c = mark_cached(c);
         GLOBAL_CACHE.push_list(c, os::now_ms());
@@ -568,7 +574,7 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
         let first = (*heap).bins[cls].first;
         if !first.is_null() {
             let mut taken = 0;
-            let refilled = Chunk::take_frees(first, &mut taken);
+            let refilled = Chunk::take_frees(first, budget, &mut taken);
             count_remote(heap, taken);
             if refilled {
                 return alloc_class(heap, cls, zero);
@@ -579,7 +585,7 @@ unsafe fn alloc_generic(heap: *mut Heap, cls: usize, zero: bool) -> *mut u8 {
                 let batch = (os::page_size() / class_size(cls)).clamp(1, 256) as u32;
                 for _ in 0..LOOK_AHEAD {
                     let mut taken = 0;
-                    if Chunk::freed(c) >= batch && Chunk::take_frees(c, &mut taken) {
+                    if Chunk::freed(c) >= batch && Chunk::take_frees(c, budget, &mut taken) {
                         count_remote(heap, taken);
                         return alloc_from(heap, cls, c, zero);
                     }
@@ -1575,7 +1581,9 @@ pub unsafe fn free_last(heap: *mut Heap, c: *mut Chunk) -> FreeResult {
             // have linked the block to itself (it was the list head), but
             // with no block out every block of the chunk is free, so the
             // lists are rebuilt from scratch: the bump cursor starts over
-            // (over dirty memory) and nothing is handed out twice.
+            // (over dirty memory) and nothing is handed out twice. Holes
+            // go first: carving over them must charge their pages again.
+            Chunk::drop_holes(c, (*heap).provider.budget());
             (*c).free = ptr::null_mut();
             (*c).local_free = ptr::null_mut();
             (*c).bump = c.cast::<u8>().add(HEADER_SIZE);
@@ -2085,6 +2093,9 @@ pub(crate) unsafe fn reclaim_live(heap: *mut Heap, now: u64, all: bool) -> bool 
 /// # Safety
 /// Owner thread (or the empty heap), not holding its lock.
 pub unsafe fn purge(heap: *mut Heap) -> usize {
+    // Other live heaps give back their free pages at their next tick (only
+    // an owner may rebuild its chunks' lists).
+    TRIM_EPOCH.fetch_add(1, Ordering::Relaxed);
     registry::reclaim_all(heap, true, true);
     GLOBAL_CACHE.request_flush();
     if is_empty(heap) {
@@ -2094,8 +2105,53 @@ pub unsafe fn purge(heap: *mut Heap) -> usize {
     unsafe {
         (*heap).lock.lock();
         collect(heap, true);
-        let n = (*heap).provider.purge_all();
+        let mut n = release_free_pages(heap);
+        n += (*heap).provider.purge_all();
         (*heap).lock.unlock();
+        n
+    }
+}
+
+/// Bumped by every [`purge`] (`malloc_trim`): each live heap compares it
+/// at its tick and gives back its free pages when it moved
+/// ([`trim_if_asked`]).
+static TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// At the owner's tick: gives back the heap's free pages if a [`purge`]
+/// asked for it since the heap last did.
+///
+/// # Safety
+/// Owner thread of a real heap, holding its lock.
+pub(crate) unsafe fn trim_if_asked(heap: *mut Heap) {
+    let epoch = TRIM_EPOCH.load(Ordering::Relaxed);
+    // SAFETY: per the contract.
+    unsafe {
+        if (*heap).trim_seen != epoch {
+            release_free_pages(heap);
+        }
+    }
+}
+
+/// Gives back the pages no live block touches in every attached slab of
+/// the heap ([`Chunk::release_free_pages`]); returns the bytes. Their
+/// remote frees are collected first.
+///
+/// # Safety
+/// Owner thread of a real heap, holding its lock.
+unsafe fn release_free_pages(heap: *mut Heap) -> usize {
+    // SAFETY: per the contract: attached chunks' lists are the owner's.
+    unsafe {
+        (*heap).trim_seen = TRIM_EPOCH.load(Ordering::Relaxed);
+        let budget = (*heap).provider.budget();
+        let mut n = 0;
+        for cls in bin_classes(heap) {
+            let mut c = (*heap).bins[cls].first;
+            while !c.is_null() {
+                count_remote(heap, Chunk::collect_remote(c));
+                n += Chunk::release_free_pages(c, budget);
+                c = (*c).next;
+            }
+        }
         n
     }
 }

@@ -91,9 +91,11 @@ mod api {
     use crate::*;
 
     /// Forces memory back to the OS: the calling thread's heap is collected,
-    /// its cached chunks and every chunk in the process-wide cache are
-    /// decommitted, and other threads flush their caches on their next slow
-    /// path. Returns the bytes given back by this call.
+    /// the pages no live block touches inside its partly used slabs are
+    /// given back, its cached chunks and every chunk in the process-wide
+    /// cache are decommitted, and other threads flush their caches and give
+    /// back their slabs' free pages on their next slow path. Returns the
+    /// bytes given back by this call.
     pub fn purge() -> usize {
         thread::purge()
     }

@@ -529,6 +529,10 @@ fn max_decommitted() -> usize {
 pub(crate) unsafe fn mark_cached(c: *mut Chunk) -> *mut Chunk {
     // SAFETY: per the contract.
     unsafe {
+        check!(
+            Chunk::holes(c) == 0,
+            "a slab drops its holes before it is cached"
+        );
         let c = Chunk::move_header(c, chunk_base(c).cast());
         (*c).kind = crate::chunk::Kind::Cached;
         Chunk::set_tag(c, 0, crate::chunk::FLAG_NOT_SLAB);

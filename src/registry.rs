@@ -331,6 +331,7 @@ pub(crate) fn tick(me: *mut Heap) {
             heap::tidy(me, now)
         };
         (*me).provider.maintain(now);
+        heap::trim_if_asked(me);
         (*me).lock.unlock();
         if tidied {
             // Chunks of dead threads' heaps that remote frees emptied

@@ -378,6 +378,104 @@ fn memory_of_exited_threads_is_reusable_under_the_cap() {
     );
 }
 
+/// Under a 64 MiB cap, 64-byte blocks fill the cap; all but one in 512
+/// are freed, so no chunk is empty and the free memory lies in pages
+/// inside partly used chunks. A 32 MiB reservation must then succeed with
+/// no explicit purge (the failing path gives those pages back), and the
+/// blocks allocated after it must still fit under the cap: committed never
+/// exceeds it, the allocations stop at it, and every survivor is intact.
+/// Without the pages given back the reservation fails; with the pages
+/// not charged again when they are reused, the refill runs past the cap.
+#[test]
+fn free_pages_inside_partly_used_chunks_serve_a_large_request() {
+    in_child(
+        "free_pages_inside_partly_used_chunks_serve_a_large_request",
+        &[],
+        || {
+            const KEEP: usize = 512;
+            let l = Layout::from_size_align(64, 16).unwrap();
+            // Every vector is reserved before the cap bites (a failed
+            // infallible allocation would abort).
+            let mut held: Vec<usize> = Vec::with_capacity(CAP / 64);
+            let mut kept = Vec::with_capacity(CAP / 64 / KEEP + 1);
+            let mut again = Vec::with_capacity(CAP / 64);
+            set_budget(Some(CAP));
+            let fill = |p: usize, i: usize| {
+                // SAFETY: a live 64-byte block.
+                unsafe { (p as *mut u64).write(i as u64 ^ 0xa5a5) }
+            };
+            let check = |p: usize, i: usize, what: &str| {
+                // SAFETY: as above.
+                let v = unsafe { (p as *const u64).read() };
+                assert_eq!(v, i as u64 ^ 0xa5a5, "{what} {i} changed");
+            };
+            while held.len() < held.capacity() {
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc(l) } as usize;
+                if p == 0 {
+                    break;
+                }
+                fill(p, held.len());
+                held.push(p);
+            }
+            assert!(
+                held.len() * 64 >= CAP / 2,
+                "only {} blocks fitted under the cap",
+                held.len()
+            );
+            for (i, &p) in held.iter().enumerate() {
+                if i % KEEP == 0 {
+                    kept.push((i, p));
+                } else {
+                    // SAFETY: a live block of layout `l`, freed once.
+                    unsafe { dealloc(p as *mut u8, l) };
+                }
+            }
+            drop(held);
+            let mut big: Vec<u8> = Vec::new();
+            let r = big.try_reserve_exact(32 * MIB);
+            assert!(
+                r.is_ok(),
+                "32 MiB not available with 7/8 of the blocks freed (committed {} KiB)",
+                stats().committed / KIB
+            );
+            big.resize(32 * MIB, 7);
+            assert!(stats().committed <= CAP);
+            drop(big);
+            while again.len() < again.capacity() {
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc(l) } as usize;
+                if p == 0 {
+                    break;
+                }
+                fill(p, again.len());
+                again.push(p);
+                if again.len() % 4096 == 0 {
+                    assert!(stats().committed <= CAP);
+                }
+            }
+            let s = stats();
+            assert!(s.committed <= CAP, "committed {} over the cap", s.committed);
+            assert!(
+                (again.len() + kept.len()) * 64 <= CAP,
+                "{} blocks of 64 bytes live under a {} MiB cap",
+                again.len() + kept.len(),
+                CAP / MIB
+            );
+            for &(i, p) in &kept {
+                check(p, i, "survivor");
+            }
+            for (i, &p) in again.iter().enumerate() {
+                check(p, i, "block");
+            }
+            for p in again.into_iter().chain(kept.into_iter().map(|(_, p)| p)) {
+                // SAFETY: live blocks of layout `l`, freed once.
+                unsafe { dealloc(p as *mut u8, l) };
+            }
+        },
+    );
+}
+
 /// The budget can be set from the environment: `CHUNKMALLOC_BUDGET=48M`.
 #[test]
 fn cap_from_environment() {

@@ -367,3 +367,163 @@ fn realloc_growth_leaves_no_outgrown_chunks_cached() {
         },
     );
 }
+
+/// 64 MiB of 64-byte blocks, one in 512 kept (one live block per eight
+/// pages, spread over every chunk): no chunk is empty, so only giving back
+/// the free pages inside the chunks returns memory. `purge()` must return
+/// most of it with every survivor intact; allocating the same amount
+/// again must reuse those pages (committed stays at the first peak, not
+/// above) with blocks disjoint from the survivors; and once everything is
+/// freed and purged, committed must come back to its start, which it
+/// cannot if a page given back were released from the budget twice or
+/// never charged again.
+#[test]
+fn purge_gives_back_free_pages_inside_partly_used_slabs() {
+    in_child(
+        "purge_gives_back_free_pages_inside_partly_used_slabs",
+        &[],
+        || {
+            const N: usize = 1 << 20;
+            const KEEP: usize = 512;
+            type B = Box<[u64; 8]>;
+            let fill = |i: usize| [i as u64 * 0x9E37_79B9 + 1; 8];
+            let s0 = snap();
+            let mut all: Vec<Option<B>> = Vec::with_capacity(N);
+            all.extend((0..N).map(|i| Some(Box::new(fill(i)))));
+            let mut kept: Vec<(usize, B)> = Vec::with_capacity(N / KEEP);
+            for (i, b) in all.iter_mut().enumerate() {
+                let b = b.take().unwrap();
+                if i % KEEP == 0 {
+                    kept.push((i, b));
+                }
+            }
+            drop(all);
+            let s1 = snap();
+            report("one in 512 kept", &s1);
+            let released = chunkmalloc::purge();
+            let s2 = snap();
+            report("purged", &s2);
+            assert!(
+                released >= 40 * MIB,
+                "purge() gave back {} KiB",
+                released / KIB
+            );
+            assert!(
+                s1.committed - s2.committed >= 40 * MIB,
+                "committed {} -> {} KiB",
+                s1.committed / KIB,
+                s2.committed / KIB
+            );
+            assert!(
+                s1.rss.saturating_sub(s2.rss) >= 40 * MIB,
+                "RSS {} -> {} MiB",
+                s1.rss / MIB,
+                s2.rss / MIB
+            );
+            for (i, b) in &kept {
+                assert_eq!(**b, fill(*i), "survivor {i} changed");
+            }
+            // The same number of blocks again: the holes' blocks come back.
+            let mut again: Vec<B> = Vec::with_capacity(N);
+            again.extend((0..N).map(|i| Box::new(fill(N + i))));
+            let s3 = snap();
+            report("allocated again", &s3);
+            assert!(
+                s3.committed <= s1.committed + 2 * MIB,
+                "the pages given back were not reused: committed {} KiB, {} KiB at the first peak",
+                s3.committed / KIB,
+                s1.committed / KIB
+            );
+            let mut seen = std::collections::HashSet::with_capacity(N + kept.len());
+            for b in again
+                .iter()
+                .map(|b| &**b)
+                .chain(kept.iter().map(|(_, b)| &**b))
+            {
+                let a = b as *const [u64; 8] as usize;
+                assert_eq!(a % 16, 0, "block {a:#x} misaligned");
+                assert!(seen.insert(a), "block {a:#x} handed out twice");
+            }
+            drop(seen);
+            for (i, b) in again.iter().enumerate() {
+                assert_eq!(**b, fill(N + i), "block {i} of the second round changed");
+            }
+            for (i, b) in &kept {
+                assert_eq!(**b, fill(*i), "survivor {i} changed in the second round");
+            }
+            drop(again);
+            drop(kept);
+            chunkmalloc::purge();
+            let s4 = snap();
+            report("all freed and purged", &s4);
+            assert_returned(
+                &s0,
+                &s1,
+                &s4,
+                s1.rss.saturating_sub(s0.rss),
+                4 * MIB,
+                "all freed",
+            );
+        },
+    );
+}
+
+/// `purge()` in one thread reaches another live thread's partly used
+/// slabs at that thread's next housekeeping tick: a worker keeps one in
+/// 512 of 64 MiB of 64-byte blocks and waits; the main thread purges;
+/// the worker then makes a burst of allocations (one of each of 64 size
+/// classes, each a slow-path entry) and the worker's free pages must be
+/// gone from `committed`. Its survivors stay intact.
+#[test]
+fn purge_reaches_other_threads_at_their_next_tick() {
+    in_child(
+        "purge_reaches_other_threads_at_their_next_tick",
+        &[],
+        || {
+            use std::sync::mpsc::channel;
+            let (to_main, from_worker) = channel::<()>();
+            let (to_worker, from_main) = channel::<()>();
+            let worker = std::thread::spawn(move || {
+                const N: usize = 1 << 20;
+                let fill = |i: usize| [i as u64 * 31 + 7; 8];
+                let mut kept = Vec::with_capacity(N / 512);
+                let mut all: Vec<Option<Box<[u64; 8]>>> =
+                    (0..N).map(|i| Some(Box::new(fill(i)))).collect();
+                for (i, b) in all.iter_mut().enumerate() {
+                    let b = b.take().unwrap();
+                    if i % 512 == 0 {
+                        kept.push((i, b));
+                    }
+                }
+                drop(all);
+                to_main.send(()).unwrap();
+                from_main.recv().unwrap();
+                let burst: Vec<Vec<u8>> = (1..=64).map(|k| vec![k as u8; k * 16]).collect();
+                drop(burst);
+                to_main.send(()).unwrap();
+                from_main.recv().unwrap();
+                for (i, b) in &kept {
+                    assert_eq!(**b, fill(*i), "survivor {i} changed");
+                }
+            });
+            from_worker.recv().unwrap();
+            let s1 = snap();
+            report("worker holds one in 512", &s1);
+            chunkmalloc::purge();
+            let s2 = snap();
+            report("main purged", &s2);
+            to_worker.send(()).unwrap();
+            from_worker.recv().unwrap();
+            let s3 = snap();
+            report("worker ticked", &s3);
+            assert!(
+                s1.committed.saturating_sub(s3.committed) >= 40 * MIB,
+                "the worker's free pages were not given back: committed {} -> {} KiB",
+                s1.committed / KIB,
+                s3.committed / KIB
+            );
+            to_worker.send(()).unwrap();
+            worker.join().unwrap();
+        },
+    );
+}
