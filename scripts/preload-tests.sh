@@ -43,7 +43,10 @@
 #                     gives back the free pages inside the slabs (resident
 #                     set falls by 40 MiB or more), survivors intact, and the
 #                     same number of blocks again reuse those pages (that
-#                     part and the fall only for chunkmalloc)
+#                     part and the fall only for chunkmalloc);
+#                     trim_interior-idle: no malloc_trim, the resident set
+#                     must fall within 4 s while the program allocates
+#                     another size (enforced only for chunkmalloc)
 #    These, and the chunkmalloc-only C tests below, run under
 #    `timeout 60`, so a deadlock is a FAIL (exit status 124).
 # 2. Runs real programs with and without the preload and compares their
@@ -264,6 +267,7 @@ RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-rss run_c idle_owner idle_owner -- rss
 RUN_C_TIMEOUT=60 run_c flow_stress flow_stress CHUNKMALLOC_BUDGET=160MiB
 RUN_C_TIMEOUT=60 run_c thread_exit thread_exit
 RUN_C_TIMEOUT=60 run_c trim_interior trim_interior
+RUN_C_TIMEOUT=60 RUN_C_NAME=trim_interior-idle run_c trim_interior trim_interior -- idle
 if [[ "$CONFORMANCE_EXPECT_CHUNKMALLOC" == 1 ]]; then
     RUN_C_TIMEOUT=60 RUN_C_NAME=idle_owner-budget run_c idle_owner idle_owner CHUNKMALLOC_BUDGET=320MiB -- budget
     RUN_C_TIMEOUT=60 run_c first_alloc_last_round first_alloc_last_round

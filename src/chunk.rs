@@ -187,7 +187,10 @@ pub struct Chunk {
     pub obj_offset: usize,
     /// Large/huge: requested size of the object.
     pub obj_size: usize,
-    /// When the chunk entered a cache (ms, `os::now_ms`).
+    /// When the chunk entered a cache (ms, `os::now_ms`). For an attached
+    /// slab: the owner's last tidy at which it was its class's current
+    /// chunk, or at which it gave back its free pages (owner-written,
+    /// under the heap lock).
     pub cached_at: u64,
 }
 
@@ -639,6 +642,20 @@ impl Chunk {
         let b = h.to_le_bytes();
         // SAFETY: per the contract.
         unsafe { (*c).holes = [b[0], b[1], b[2]] };
+    }
+
+    /// Whether at most half of the carved blocks are out and the carved
+    /// area spans at least three pages: worth a look for free pages.
+    ///
+    /// # Safety
+    /// Owner only; `c` is a slab.
+    pub unsafe fn mostly_free(c: *mut Chunk) -> bool {
+        // SAFETY: owner-only fields.
+        unsafe {
+            let carved = (*c).bump as usize - (c as usize + HEADER_SIZE);
+            carved >= 3 * os::page_size()
+                && Chunk::used(c) as usize * (*c).block_size as usize * 2 <= carved
+        }
     }
 
     /// Gives back to the OS every whole page of the carved area that no

@@ -67,6 +67,16 @@ const TIDY_TRIM: usize = 16 * 1024;
 /// many tidies before (each at least one coarse-clock reading apart).
 const TIDY_STILL: u8 = 2;
 
+/// An attached slab that has not been its class's current chunk for this
+/// many purge delays (1 s by default), and whose blocks are mostly free,
+/// gives back its free pages at the owner's next tidy
+/// ([`Chunk::release_free_pages`]): a long-running program's scattered
+/// survivors no longer pin whole slabs without a `malloc_trim`. Not
+/// sooner: the harness's `fragmentation` comes back to its slabs within
+/// about 60 ms, and faulting the pages in again costs what a short purge
+/// delay costs (`docs/PERF.md`).
+const IDLE_PAGES_AFTER: u64 = 10;
+
 /// Slow-path entries between two housekeeping ticks (`registry::tick`).
 const TICK_EVERY: usize = 16;
 
@@ -295,6 +305,7 @@ unsafe fn bin_push_front(heap: *mut Heap, cls: usize, c: *mut Chunk) {
     // SAFETY: bin links are touched only under the heap lock.
     unsafe {
         let bin = &mut (*heap).bins[cls];
+        (*c).cached_at = (*heap).tidied_ms;
         (*c).prev = ptr::null_mut();
         (*c).next = bin.first;
         if bin.first.is_null() {
@@ -1955,8 +1966,10 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
         (*heap).tidied_ms = now;
         let page = os::page_size();
         let budget = (*heap).provider.budget();
+        let idle_ms = crate::config::purge_delay_ms().saturating_mul(IDLE_PAGES_AFTER);
         for cls in bin_classes(heap) {
             let first = (*heap).bins[cls].first;
+            (*first).cached_at = now;
             // The current chunk's cursor has not moved for as many tidies.
             let still = if (*first).bump as usize == (*heap).tidy_bump[cls] {
                 (*heap).tidy_still[cls].saturating_add(1)
@@ -1978,6 +1991,17 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
                         c = next;
                         continue;
                     }
+                }
+                // A chunk no allocation has come back to for a while,
+                // mostly free: its free pages go back to the OS (they
+                // return when it is the class's current chunk again).
+                if c != first
+                    && now.saturating_sub((*c).cached_at) >= idle_ms
+                    && Chunk::mostly_free(c)
+                {
+                    count_remote(heap, Chunk::collect_remote(c));
+                    Chunk::release_free_pages(c, budget);
+                    (*c).cached_at = now;
                 }
                 // Pages charged beyond the carve cursor hold no block (a
                 // block is handed out only once carved): what an earlier

@@ -527,3 +527,54 @@ fn purge_reaches_other_threads_at_their_next_tick() {
         },
     );
 }
+
+/// Without `purge()`: a heap's slabs that no allocation has come back to
+/// for ten purge delays (here 10 ms each), mostly free, give back their
+/// free pages at the owner's housekeeping. 64 MiB of 64-byte blocks, one
+/// in 512 kept; the thread then allocates and frees blocks of another
+/// size (slow-path entries, so housekeeping runs) for up to 3 s, and
+/// `committed` must fall by 40 MiB or more. The survivors stay intact.
+#[test]
+fn idle_slabs_give_back_their_free_pages_without_purge() {
+    in_child(
+        "idle_slabs_give_back_their_free_pages_without_purge",
+        &[("CHUNKMALLOC_PURGE_DELAY_MS", "10")],
+        || {
+            const N: usize = 1 << 20;
+            let fill = |i: usize| [i as u64 * 131 + 3; 8];
+            let mut kept = Vec::with_capacity(N / 512);
+            let mut all: Vec<Option<Box<[u64; 8]>>> =
+                (0..N).map(|i| Some(Box::new(fill(i)))).collect();
+            for (i, b) in all.iter_mut().enumerate() {
+                let b = b.take().unwrap();
+                if i % 512 == 0 {
+                    kept.push((i, b));
+                }
+            }
+            drop(all);
+            let s1 = snap();
+            report("one in 512 kept", &s1);
+            let t0 = std::time::Instant::now();
+            let mut s2 = snap();
+            while t0.elapsed() < Duration::from_secs(3) {
+                let other: Vec<Box<[u8; 200]>> = (0..2000).map(|_| Box::new([1; 200])).collect();
+                drop(other);
+                std::thread::sleep(Duration::from_millis(20));
+                s2 = snap();
+                if s1.committed.saturating_sub(s2.committed) >= 40 * MIB {
+                    break;
+                }
+            }
+            report("after housekeeping", &s2);
+            assert!(
+                s1.committed.saturating_sub(s2.committed) >= 40 * MIB,
+                "committed {} -> {} KiB without purge()",
+                s1.committed / KIB,
+                s2.committed / KIB
+            );
+            for (i, b) in &kept {
+                assert_eq!(**b, fill(*i), "survivor {i} changed");
+            }
+        },
+    );
+}
