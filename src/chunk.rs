@@ -189,8 +189,9 @@ pub struct Chunk {
     pub obj_size: usize,
     /// When the chunk entered a cache (ms, `os::now_ms`). For an attached
     /// slab: the owner's last tidy at which it was its class's current
-    /// chunk, or at which it gave back its free pages (owner-written,
-    /// under the heap lock).
+    /// chunk, or at which it gave back its free pages (0 when it was
+    /// attached before the heap's first tidy; owner-written, under the
+    /// heap lock).
     pub cached_at: u64,
 }
 

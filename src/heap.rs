@@ -1995,6 +1995,11 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
                 // A chunk no allocation has come back to for a while,
                 // mostly free: its free pages go back to the OS (they
                 // return when it is the class's current chunk again).
+                // (`cached_at` 0: attached before the heap's first tidy;
+                // its clock starts now.)
+                if c != first && (*c).cached_at == 0 {
+                    (*c).cached_at = now;
+                }
                 if c != first
                     && now.saturating_sub((*c).cached_at) >= idle_ms
                     && Chunk::mostly_free(c)
