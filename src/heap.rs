@@ -1995,18 +1995,8 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
                 // A chunk no allocation has come back to for a while,
                 // mostly free: its free pages go back to the OS (they
                 // return when it is the class's current chunk again).
-                // (`cached_at` 0: attached before the heap's first tidy;
-                // its clock starts now.)
-                if c != first && (*c).cached_at == 0 {
-                    (*c).cached_at = now;
-                }
-                if c != first
-                    && now.saturating_sub((*c).cached_at) >= idle_ms
-                    && Chunk::mostly_free(c)
-                {
-                    count_remote(heap, Chunk::collect_remote(c));
-                    Chunk::release_free_pages(c, budget);
-                    (*c).cached_at = now;
+                if c != first {
+                    release_if_idle(heap, c, now, idle_ms);
                 }
                 // Pages charged beyond the carve cursor hold no block (a
                 // block is handed out only once carved): what an earlier
@@ -2021,6 +2011,51 @@ pub(crate) unsafe fn tidy(heap: *mut Heap, now: u64) -> bool {
         }
         true
     }
+}
+
+/// Gives back the free pages of `c`, an attached slab of `heap`, if it
+/// has been idle for `idle_ms` (`cached_at`; 0 means attached before the
+/// heap's first tidy: its clock starts now) and is mostly free. Returns
+/// the bytes given back.
+///
+/// # Safety
+/// As [`release_free_pages`].
+unsafe fn release_if_idle(heap: *mut Heap, c: *mut Chunk, now: u64, idle_ms: u64) -> usize {
+    // SAFETY: per the contract.
+    unsafe {
+        if (*c).cached_at == 0 {
+            (*c).cached_at = now;
+        }
+        if now.saturating_sub((*c).cached_at) < idle_ms || !Chunk::mostly_free(c) {
+            return 0;
+        }
+        count_remote(heap, Chunk::collect_remote(c));
+        (*c).cached_at = now;
+        Chunk::release_free_pages(c, (*heap).provider.budget())
+    }
+}
+
+/// What a sweep does for an abandoned heap's slabs: every one idle for
+/// [`IDLE_PAGES_AFTER`] purge delays and mostly free gives back its free
+/// pages, the current chunks too (nobody allocates from them). Returns
+/// the bytes given back.
+///
+/// # Safety
+/// The lock holder of an abandoned heap.
+pub(crate) unsafe fn release_idle_pages(heap: *mut Heap, now: u64) -> usize {
+    let idle_ms = crate::config::purge_delay_ms().saturating_mul(IDLE_PAGES_AFTER);
+    let mut n = 0;
+    // SAFETY: per the contract.
+    unsafe {
+        for cls in bin_classes(heap) {
+            let mut c = (*heap).bins[cls].first;
+            while !c.is_null() {
+                n += release_if_idle(heap, c, now, idle_ms);
+                c = (*c).next;
+            }
+        }
+    }
+    n
 }
 
 /// Prepares a heap whose thread is gone (or exiting) to wait for
@@ -2166,8 +2201,10 @@ pub(crate) unsafe fn trim_if_asked(heap: *mut Heap) {
 /// remote frees are collected first.
 ///
 /// # Safety
-/// Owner thread of a real heap, holding its lock.
-unsafe fn release_free_pages(heap: *mut Heap) -> usize {
+/// Owner thread of a real heap, holding its lock; or the lock holder of
+/// an abandoned heap (whose attached chunks nobody else touches: their
+/// remote frees go to the pending stack).
+pub(crate) unsafe fn release_free_pages(heap: *mut Heap) -> usize {
     // SAFETY: per the contract: attached chunks' lists are the owner's.
     unsafe {
         (*heap).trim_seen = TRIM_EPOCH.load(Ordering::Relaxed);

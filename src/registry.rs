@@ -245,7 +245,18 @@ unsafe fn reclaim_locked(h: *mut Heap, now: u64, all: bool) -> bool {
     // SAFETY: per the contract.
     unsafe {
         match (*h).state.load(Ordering::Acquire) {
-            STATE_ABANDONED => empty_abandoned(h),
+            STATE_ABANDONED => {
+                let had = empty_abandoned(h);
+                // No owner tidies this heap's slabs: their free pages go
+                // back here, all of them when purging, else those of slabs
+                // idle long enough.
+                let pages = if all {
+                    heap::release_free_pages(h)
+                } else {
+                    heap::release_idle_pages(h, now)
+                };
+                had | (pages != 0)
+            }
             STATE_LIVE => {
                 let entries = (*h).slow_entries.load(Ordering::Relaxed);
                 let idle = entries == (*h).swept_entries.load(Ordering::Relaxed);

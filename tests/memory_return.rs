@@ -578,3 +578,100 @@ fn idle_slabs_give_back_their_free_pages_without_purge() {
         },
     );
 }
+
+/// `purge()` reaches the slabs of a thread that has exited (its heap
+/// abandoned, adopted by nobody): a thread allocates 64 MiB of 64-byte
+/// blocks, keeps one in 512, hands the survivors to main and exits; main
+/// purges, and `committed` must fall by 40 MiB or more with every survivor
+/// intact.
+#[test]
+fn purge_reaches_the_slabs_of_exited_threads() {
+    in_child("purge_reaches_the_slabs_of_exited_threads", &[], || {
+        const N: usize = 1 << 20;
+        let fill = |i: usize| [i as u64 * 17 + 5; 8];
+        let kept = std::thread::spawn(move || {
+            let mut kept = Vec::with_capacity(N / 512);
+            let mut all: Vec<Option<Box<[u64; 8]>>> =
+                (0..N).map(|i| Some(Box::new(fill(i)))).collect();
+            for (i, b) in all.iter_mut().enumerate() {
+                let b = b.take().unwrap();
+                if i % 512 == 0 {
+                    kept.push((i, b));
+                }
+            }
+            kept
+        })
+        .join()
+        .unwrap();
+        let s1 = snap();
+        report("thread exited", &s1);
+        assert!(chunkmalloc::stats().abandoned_heaps >= 1);
+        chunkmalloc::purge();
+        let s2 = snap();
+        report("purged", &s2);
+        assert!(
+            s1.committed.saturating_sub(s2.committed) >= 40 * MIB,
+            "committed {} -> {} KiB",
+            s1.committed / KIB,
+            s2.committed / KIB
+        );
+        for (i, b) in &kept {
+            assert_eq!(**b, fill(*i), "survivor {i} changed");
+        }
+    });
+}
+
+/// Without `purge()`: an exited thread's slabs (its heap abandoned,
+/// adopted by nobody), mostly free, give back their free pages once idle
+/// for ten purge delays (here 10 ms each), through the sweeps that any
+/// allocating thread's housekeeping runs. The main thread allocates and
+/// frees blocks of another size for up to 3 s; `committed` must fall by
+/// 40 MiB or more, survivors intact.
+#[test]
+fn exited_threads_slabs_give_back_their_free_pages_without_purge() {
+    in_child(
+        "exited_threads_slabs_give_back_their_free_pages_without_purge",
+        &[("CHUNKMALLOC_PURGE_DELAY_MS", "10")],
+        || {
+            const N: usize = 1 << 20;
+            let fill = |i: usize| [i as u64 * 29 + 11; 8];
+            let kept = std::thread::spawn(move || {
+                let mut kept = Vec::with_capacity(N / 512);
+                let mut all: Vec<Option<Box<[u64; 8]>>> =
+                    (0..N).map(|i| Some(Box::new(fill(i)))).collect();
+                for (i, b) in all.iter_mut().enumerate() {
+                    let b = b.take().unwrap();
+                    if i % 512 == 0 {
+                        kept.push((i, b));
+                    }
+                }
+                kept
+            })
+            .join()
+            .unwrap();
+            let s1 = snap();
+            report("thread exited", &s1);
+            let t0 = std::time::Instant::now();
+            let mut s2 = snap();
+            while t0.elapsed() < Duration::from_secs(3) {
+                let other: Vec<Box<[u8; 200]>> = (0..2000).map(|_| Box::new([1; 200])).collect();
+                drop(other);
+                std::thread::sleep(Duration::from_millis(20));
+                s2 = snap();
+                if s1.committed.saturating_sub(s2.committed) >= 40 * MIB {
+                    break;
+                }
+            }
+            report("after sweeps", &s2);
+            assert!(
+                s1.committed.saturating_sub(s2.committed) >= 40 * MIB,
+                "committed {} -> {} KiB without purge()",
+                s1.committed / KIB,
+                s2.committed / KIB
+            );
+            for (i, b) in &kept {
+                assert_eq!(**b, fill(*i), "survivor {i} changed");
+            }
+        },
+    );
+}
