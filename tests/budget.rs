@@ -409,15 +409,23 @@ fn free_pages_inside_partly_used_chunks_serve_a_large_request() {
                 let v = unsafe { (p as *const u64).read() };
                 assert_eq!(v, i as u64 ^ 0xa5a5, "{what} {i} changed");
             };
-            while held.len() < held.capacity() {
-                // SAFETY: non-zero size.
-                let p = unsafe { alloc(l) } as usize;
-                if p == 0 {
-                    break;
+            // Blocks until the first null (or the vector's capacity),
+            // each filled; every 4,096th checks the cap.
+            let alloc_until_null = |v: &mut Vec<usize>| {
+                while v.len() < v.capacity() {
+                    // SAFETY: non-zero size.
+                    let p = unsafe { alloc(l) } as usize;
+                    if p == 0 {
+                        break;
+                    }
+                    fill(p, v.len());
+                    v.push(p);
+                    if v.len() % 4096 == 0 {
+                        assert!(stats().committed <= CAP);
+                    }
                 }
-                fill(p, held.len());
-                held.push(p);
-            }
+            };
+            alloc_until_null(&mut held);
             assert!(
                 held.len() * 64 >= CAP / 2,
                 "only {} blocks fitted under the cap",
@@ -442,18 +450,7 @@ fn free_pages_inside_partly_used_chunks_serve_a_large_request() {
             big.resize(32 * MIB, 7);
             assert!(stats().committed <= CAP);
             drop(big);
-            while again.len() < again.capacity() {
-                // SAFETY: non-zero size.
-                let p = unsafe { alloc(l) } as usize;
-                if p == 0 {
-                    break;
-                }
-                fill(p, again.len());
-                again.push(p);
-                if again.len() % 4096 == 0 {
-                    assert!(stats().committed <= CAP);
-                }
-            }
+            alloc_until_null(&mut again);
             let s = stats();
             assert!(s.committed <= CAP, "committed {} over the cap", s.committed);
             assert!(

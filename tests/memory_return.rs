@@ -368,36 +368,82 @@ fn realloc_growth_leaves_no_outgrown_chunks_cached() {
     );
 }
 
-/// 64 MiB of 64-byte blocks, one in 512 kept (one live block per eight
-/// pages, spread over every chunk): no chunk is empty, so only giving back
-/// the free pages inside the chunks returns memory. `purge()` must return
-/// most of it with every survivor intact; allocating the same amount
-/// again must reuse those pages (committed stays at the first peak, not
-/// above) with blocks disjoint from the survivors; and once everything is
-/// freed and purged, committed must come back to its start, which it
-/// cannot if a page given back were released from the budget twice or
-/// never charged again.
+/// Blocks of 64 bytes allocated by [`scattered_survivors`], and one in
+/// [`KEEP`] of them kept.
+const BLOCKS: usize = 1 << 20;
+const KEEP: usize = 512;
+
+/// A kept 64-byte block and its index.
+type Kept = Vec<(usize, Box<[u64; 8]>)>;
+
+/// What block `i` of a run seeded with `seed` holds.
+fn block_fill(seed: u64, i: usize) -> [u64; 8] {
+    [(i as u64).wrapping_mul(0x9E37_79B9) ^ seed; 8]
+}
+
+/// 64 MiB of 64-byte blocks, all but one in 512 freed: one live block per
+/// eight pages, in every slab, so no chunk is empty and only giving back
+/// the free pages inside the chunks returns memory. Returns the kept ones.
+fn scattered_survivors(seed: u64) -> Kept {
+    let mut kept = Vec::with_capacity(BLOCKS / KEEP);
+    let mut all: Vec<Option<Box<[u64; 8]>>> = (0..BLOCKS)
+        .map(|i| Some(Box::new(block_fill(seed, i))))
+        .collect();
+    for (i, b) in all.iter_mut().enumerate() {
+        let b = b.take().unwrap();
+        if i % KEEP == 0 {
+            kept.push((i, b));
+        }
+    }
+    kept
+}
+
+/// Every kept block still holds what it was given.
+fn check_survivors(kept: &Kept, seed: u64) {
+    for (i, b) in kept {
+        assert_eq!(**b, block_fill(seed, *i), "survivor {i} changed");
+    }
+}
+
+/// Allocates and frees blocks of another size (slow-path entries, so the
+/// allocator's housekeeping runs), 20 ms apart, until `committed` has
+/// fallen 40 MiB below `s1` or `secs` have passed; asserts the fall.
+fn housekeeping_gives_back_40m(s1: &Snapshot, secs: u64, what: &str) {
+    let t0 = std::time::Instant::now();
+    let mut s2 = snap();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let other: Vec<Box<[u8; 200]>> = (0..2000).map(|_| Box::new([1; 200])).collect();
+        drop(other);
+        std::thread::sleep(Duration::from_millis(20));
+        s2 = snap();
+        if s1.committed.saturating_sub(s2.committed) >= 40 * MIB {
+            break;
+        }
+    }
+    report(what, &s2);
+    assert!(
+        s1.committed.saturating_sub(s2.committed) >= 40 * MIB,
+        "{what}: committed {} -> {} KiB",
+        s1.committed / KIB,
+        s2.committed / KIB
+    );
+}
+
+/// `purge()` after [`scattered_survivors`] must give back most of the 64
+/// MiB with every survivor intact; allocating the same amount again must
+/// reuse those pages (committed stays at the first peak, not above) with
+/// blocks disjoint from the survivors; and once everything is freed and
+/// purged, committed must come back to its start, which it cannot if a
+/// page given back were released from the budget twice or never charged
+/// again.
 #[test]
 fn purge_gives_back_free_pages_inside_partly_used_slabs() {
     in_child(
         "purge_gives_back_free_pages_inside_partly_used_slabs",
         &[],
         || {
-            const N: usize = 1 << 20;
-            const KEEP: usize = 512;
-            type B = Box<[u64; 8]>;
-            let fill = |i: usize| [i as u64 * 0x9E37_79B9 + 1; 8];
             let s0 = snap();
-            let mut all: Vec<Option<B>> = Vec::with_capacity(N);
-            all.extend((0..N).map(|i| Some(Box::new(fill(i)))));
-            let mut kept: Vec<(usize, B)> = Vec::with_capacity(N / KEEP);
-            for (i, b) in all.iter_mut().enumerate() {
-                let b = b.take().unwrap();
-                if i % KEEP == 0 {
-                    kept.push((i, b));
-                }
-            }
-            drop(all);
+            let kept = scattered_survivors(1);
             let s1 = snap();
             report("one in 512 kept", &s1);
             let released = chunkmalloc::purge();
@@ -420,12 +466,10 @@ fn purge_gives_back_free_pages_inside_partly_used_slabs() {
                 s1.rss / MIB,
                 s2.rss / MIB
             );
-            for (i, b) in &kept {
-                assert_eq!(**b, fill(*i), "survivor {i} changed");
-            }
+            check_survivors(&kept, 1);
             // The same number of blocks again: the holes' blocks come back.
-            let mut again: Vec<B> = Vec::with_capacity(N);
-            again.extend((0..N).map(|i| Box::new(fill(N + i))));
+            let mut again: Vec<Box<[u64; 8]>> = Vec::with_capacity(BLOCKS);
+            again.extend((0..BLOCKS).map(|i| Box::new(block_fill(2, i))));
             let s3 = snap();
             report("allocated again", &s3);
             assert!(
@@ -434,7 +478,7 @@ fn purge_gives_back_free_pages_inside_partly_used_slabs() {
                 s3.committed / KIB,
                 s1.committed / KIB
             );
-            let mut seen = std::collections::HashSet::with_capacity(N + kept.len());
+            let mut seen = std::collections::HashSet::with_capacity(BLOCKS + kept.len());
             for b in again
                 .iter()
                 .map(|b| &**b)
@@ -446,11 +490,13 @@ fn purge_gives_back_free_pages_inside_partly_used_slabs() {
             }
             drop(seen);
             for (i, b) in again.iter().enumerate() {
-                assert_eq!(**b, fill(N + i), "block {i} of the second round changed");
+                assert_eq!(
+                    **b,
+                    block_fill(2, i),
+                    "block {i} of the second round changed"
+                );
             }
-            for (i, b) in &kept {
-                assert_eq!(**b, fill(*i), "survivor {i} changed in the second round");
-            }
+            check_survivors(&kept, 1);
             drop(again);
             drop(kept);
             chunkmalloc::purge();
@@ -469,11 +515,11 @@ fn purge_gives_back_free_pages_inside_partly_used_slabs() {
 }
 
 /// `purge()` in one thread reaches another live thread's partly used
-/// slabs at that thread's next housekeeping tick: a worker keeps one in
-/// 512 of 64 MiB of 64-byte blocks and waits; the main thread purges;
-/// the worker then makes a burst of allocations (one of each of 64 size
-/// classes, each a slow-path entry) and the worker's free pages must be
-/// gone from `committed`. Its survivors stay intact.
+/// slabs at that thread's next housekeeping tick: a worker makes
+/// [`scattered_survivors`] and waits; the main thread purges; the worker
+/// then makes a burst of allocations (one of each of 64 size classes, each
+/// a slow-path entry) and the worker's free pages must be gone from
+/// `committed`. Its survivors stay intact.
 #[test]
 fn purge_reaches_other_threads_at_their_next_tick() {
     in_child(
@@ -484,27 +530,14 @@ fn purge_reaches_other_threads_at_their_next_tick() {
             let (to_main, from_worker) = channel::<()>();
             let (to_worker, from_main) = channel::<()>();
             let worker = std::thread::spawn(move || {
-                const N: usize = 1 << 20;
-                let fill = |i: usize| [i as u64 * 31 + 7; 8];
-                let mut kept = Vec::with_capacity(N / 512);
-                let mut all: Vec<Option<Box<[u64; 8]>>> =
-                    (0..N).map(|i| Some(Box::new(fill(i)))).collect();
-                for (i, b) in all.iter_mut().enumerate() {
-                    let b = b.take().unwrap();
-                    if i % 512 == 0 {
-                        kept.push((i, b));
-                    }
-                }
-                drop(all);
+                let kept = scattered_survivors(3);
                 to_main.send(()).unwrap();
                 from_main.recv().unwrap();
                 let burst: Vec<Vec<u8>> = (1..=64).map(|k| vec![k as u8; k * 16]).collect();
                 drop(burst);
                 to_main.send(()).unwrap();
                 from_main.recv().unwrap();
-                for (i, b) in &kept {
-                    assert_eq!(**b, fill(*i), "survivor {i} changed");
-                }
+                check_survivors(&kept, 3);
             });
             from_worker.recv().unwrap();
             let s1 = snap();
@@ -530,79 +563,33 @@ fn purge_reaches_other_threads_at_their_next_tick() {
 
 /// Without `purge()`: a heap's slabs that no allocation has come back to
 /// for ten purge delays (here 10 ms each), mostly free, give back their
-/// free pages at the owner's housekeeping. 64 MiB of 64-byte blocks, one
-/// in 512 kept; the thread then allocates and frees blocks of another
-/// size (slow-path entries, so housekeeping runs) for up to 3 s, and
-/// `committed` must fall by 40 MiB or more. The survivors stay intact.
+/// free pages at the owner's housekeeping, which the same thread's
+/// allocations of another size run. The survivors stay intact.
 #[test]
 fn idle_slabs_give_back_their_free_pages_without_purge() {
     in_child(
         "idle_slabs_give_back_their_free_pages_without_purge",
         &[("CHUNKMALLOC_PURGE_DELAY_MS", "10")],
         || {
-            const N: usize = 1 << 20;
-            let fill = |i: usize| [i as u64 * 131 + 3; 8];
-            let mut kept = Vec::with_capacity(N / 512);
-            let mut all: Vec<Option<Box<[u64; 8]>>> =
-                (0..N).map(|i| Some(Box::new(fill(i)))).collect();
-            for (i, b) in all.iter_mut().enumerate() {
-                let b = b.take().unwrap();
-                if i % 512 == 0 {
-                    kept.push((i, b));
-                }
-            }
-            drop(all);
+            let kept = scattered_survivors(4);
             let s1 = snap();
             report("one in 512 kept", &s1);
-            let t0 = std::time::Instant::now();
-            let mut s2 = snap();
-            while t0.elapsed() < Duration::from_secs(3) {
-                let other: Vec<Box<[u8; 200]>> = (0..2000).map(|_| Box::new([1; 200])).collect();
-                drop(other);
-                std::thread::sleep(Duration::from_millis(20));
-                s2 = snap();
-                if s1.committed.saturating_sub(s2.committed) >= 40 * MIB {
-                    break;
-                }
-            }
-            report("after housekeeping", &s2);
-            assert!(
-                s1.committed.saturating_sub(s2.committed) >= 40 * MIB,
-                "committed {} -> {} KiB without purge()",
-                s1.committed / KIB,
-                s2.committed / KIB
-            );
-            for (i, b) in &kept {
-                assert_eq!(**b, fill(*i), "survivor {i} changed");
-            }
+            housekeeping_gives_back_40m(&s1, 3, "after housekeeping, no purge()");
+            check_survivors(&kept, 4);
         },
     );
 }
 
 /// `purge()` reaches the slabs of a thread that has exited (its heap
-/// abandoned, adopted by nobody): a thread allocates 64 MiB of 64-byte
-/// blocks, keeps one in 512, hands the survivors to main and exits; main
-/// purges, and `committed` must fall by 40 MiB or more with every survivor
-/// intact.
+/// abandoned, adopted by nobody): the thread makes [`scattered_survivors`],
+/// hands them to main and exits; main purges, and `committed` must fall by
+/// 40 MiB or more with every survivor intact.
 #[test]
 fn purge_reaches_the_slabs_of_exited_threads() {
     in_child("purge_reaches_the_slabs_of_exited_threads", &[], || {
-        const N: usize = 1 << 20;
-        let fill = |i: usize| [i as u64 * 17 + 5; 8];
-        let kept = std::thread::spawn(move || {
-            let mut kept = Vec::with_capacity(N / 512);
-            let mut all: Vec<Option<Box<[u64; 8]>>> =
-                (0..N).map(|i| Some(Box::new(fill(i)))).collect();
-            for (i, b) in all.iter_mut().enumerate() {
-                let b = b.take().unwrap();
-                if i % 512 == 0 {
-                    kept.push((i, b));
-                }
-            }
-            kept
-        })
-        .join()
-        .unwrap();
+        let kept = std::thread::spawn(|| scattered_survivors(5))
+            .join()
+            .unwrap();
         let s1 = snap();
         report("thread exited", &s1);
         assert!(chunkmalloc::stats().abandoned_heaps >= 1);
@@ -615,63 +602,27 @@ fn purge_reaches_the_slabs_of_exited_threads() {
             s1.committed / KIB,
             s2.committed / KIB
         );
-        for (i, b) in &kept {
-            assert_eq!(**b, fill(*i), "survivor {i} changed");
-        }
+        check_survivors(&kept, 5);
     });
 }
 
 /// Without `purge()`: an exited thread's slabs (its heap abandoned,
 /// adopted by nobody), mostly free, give back their free pages once idle
 /// for ten purge delays (here 10 ms each), through the sweeps that any
-/// allocating thread's housekeeping runs. The main thread allocates and
-/// frees blocks of another size for up to 3 s; `committed` must fall by
-/// 40 MiB or more, survivors intact.
+/// allocating thread's housekeeping runs. Survivors intact.
 #[test]
 fn exited_threads_slabs_give_back_their_free_pages_without_purge() {
     in_child(
         "exited_threads_slabs_give_back_their_free_pages_without_purge",
         &[("CHUNKMALLOC_PURGE_DELAY_MS", "10")],
         || {
-            const N: usize = 1 << 20;
-            let fill = |i: usize| [i as u64 * 29 + 11; 8];
-            let kept = std::thread::spawn(move || {
-                let mut kept = Vec::with_capacity(N / 512);
-                let mut all: Vec<Option<Box<[u64; 8]>>> =
-                    (0..N).map(|i| Some(Box::new(fill(i)))).collect();
-                for (i, b) in all.iter_mut().enumerate() {
-                    let b = b.take().unwrap();
-                    if i % 512 == 0 {
-                        kept.push((i, b));
-                    }
-                }
-                kept
-            })
-            .join()
-            .unwrap();
+            let kept = std::thread::spawn(|| scattered_survivors(6))
+                .join()
+                .unwrap();
             let s1 = snap();
             report("thread exited", &s1);
-            let t0 = std::time::Instant::now();
-            let mut s2 = snap();
-            while t0.elapsed() < Duration::from_secs(3) {
-                let other: Vec<Box<[u8; 200]>> = (0..2000).map(|_| Box::new([1; 200])).collect();
-                drop(other);
-                std::thread::sleep(Duration::from_millis(20));
-                s2 = snap();
-                if s1.committed.saturating_sub(s2.committed) >= 40 * MIB {
-                    break;
-                }
-            }
-            report("after sweeps", &s2);
-            assert!(
-                s1.committed.saturating_sub(s2.committed) >= 40 * MIB,
-                "committed {} -> {} KiB without purge()",
-                s1.committed / KIB,
-                s2.committed / KIB
-            );
-            for (i, b) in &kept {
-                assert_eq!(**b, fill(*i), "survivor {i} changed");
-            }
+            housekeeping_gives_back_40m(&s1, 3, "after sweeps, no purge()");
+            check_survivors(&kept, 6);
         },
     );
 }

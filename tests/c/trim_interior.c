@@ -60,65 +60,42 @@ static int cmp_ptr(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-int main(int argc, char **argv)
+/* The kept blocks still hold their patterns. */
+static void check_kept(uint64_t **p, const char *what)
 {
-    int idle = argc > 1 && strcmp(argv[1], "idle") == 0;
-    const char *e = getenv("CONFORMANCE_EXPECT_CHUNKMALLOC");
-    int enforce = e && e[0] == '1';
-    uint64_t **p = malloc(N * sizeof *p);
-    uint64_t **q = malloc(N * sizeof *q);
-    uintptr_t *kept = malloc((N / KEEP) * sizeof *kept);
-    check(p && q && kept, "index arrays");
-    if (!p || !q || !kept)
-        return 1;
-    /* resident from the start, so the later measurements see blocks only */
-    memset(q, 0, M * sizeof *q);
-    memset(kept, 0, (N / KEEP) * sizeof *kept);
-    for (uint64_t i = 0; i < N; i++) {
-        p[i] = malloc(SIZE);
-        if (!p[i]) {
-            check(0, "malloc(64) #%llu failed", (unsigned long long)i);
-            return 1;
-        }
-        fill_check(p[i], i, 1);
-    }
-    for (uint64_t i = 0; i < N; i++)
-        if (i % KEEP) {
-            free(p[i]);
-            p[i] = NULL;
-        }
+    int bad = 0;
+    for (uint64_t i = 0; i < N; i += KEEP)
+        bad += !fill_check(p[i], i, 0);
+    check(bad == 0, "%s: %d kept blocks changed", what, bad);
+}
 
+/* idle: no malloc_trim; allocations of another size until the resident
+ * set has fallen by 40 MiB or 4 s have passed. */
+static void idle_phase(uint64_t **p, long before, int enforce)
+{
+    double t0 = now();
+    long r = before;
+    while (now() - t0 < 4.0 && before - r < 40 * 1024) {
+        void *o[512];
+        for (int i = 0; i < 512; i++)
+            o[i] = malloc(200);
+        for (int i = 0; i < 512; i++)
+            free(o[i]);
+        sleep_ms(10);
+        r = rss_kib();
+    }
+    say("idle: resident %ld KiB, %ld KiB after %.2f s without malloc_trim\n", before, r, now() - t0);
+    if (enforce)
+        check(before - r >= 40 * 1024, "idle: resident set fell by %ld KiB only", before - r);
+    check_kept(p, "idle");
+}
+
+/* trim, survive, reuse (see the top); fills q[0..M). */
+static void trim_phase(uint64_t **p, uint64_t **q, uintptr_t *kept, long before, int enforce)
+{
     static char table[16384];
     capture_stats(table, sizeof table);
     long chunks_before = stat_row(table, "slab chunks");
-    long before = rss_kib();
-    if (idle) {
-        double t0 = now();
-        long r = before;
-        while (now() - t0 < 4.0 && before - r < 40 * 1024) {
-            void *o[512];
-            for (int i = 0; i < 512; i++)
-                o[i] = malloc(200);
-            for (int i = 0; i < 512; i++)
-                free(o[i]);
-            sleep_ms(10);
-            r = rss_kib();
-        }
-        say("idle: resident %ld KiB, %ld KiB after %.2f s without malloc_trim\n", before, r, now() - t0);
-        if (enforce)
-            check(before - r >= 40 * 1024, "idle: resident set fell by %ld KiB only", before - r);
-        int bad = 0;
-        for (uint64_t i = 0; i < N; i += KEEP)
-            bad += !fill_check(p[i], i, 0);
-        check(bad == 0, "idle: %d kept blocks changed", bad);
-        for (uint64_t i = 0; i < N; i += KEEP)
-            free(p[i]);
-        free(kept);
-        free(q);
-        free(p);
-        say("trim_interior: %ld passed, %ld failed\n", n_passed, n_failed);
-        return n_failed != 0;
-    }
     int r = malloc_trim(0);
     long after = rss_kib();
     say("trim: resident %ld KiB before malloc_trim(0), %ld KiB after (returned %d)\n", before, after, r);
@@ -126,22 +103,18 @@ int main(int argc, char **argv)
         check(r == 1, "trim: malloc_trim(0) returned %d", r);
         check(before - after >= 40 * 1024, "trim: resident set fell by %ld KiB only", before - after);
     }
-
-    int bad = 0;
-    for (uint64_t i = 0; i < N; i += KEEP)
-        bad += !fill_check(p[i], i, 0);
-    check(bad == 0, "survive: %d kept blocks changed", bad);
+    check_kept(p, "survive");
 
     for (uint64_t i = 0; i < M; i++) {
         q[i] = malloc(SIZE);
         if (!q[i]) {
             check(0, "reuse: malloc(64) #%llu failed", (unsigned long long)i);
-            return 1;
+            return;
         }
         fill_check(q[i], N + i, 1);
     }
     long again = rss_kib();
-    bad = 0;
+    int bad = 0;
     for (uint64_t i = 0; i < M; i++)
         bad += !fill_check(q[i], N + i, 0);
     check(bad == 0, "reuse: %d new blocks changed", bad);
@@ -171,6 +144,42 @@ int main(int argc, char **argv)
     if (enforce)
         check(chunks_before > 0 && chunks_after <= chunks_before + 8, "reuse: %ld slab chunks, %ld before the trim",
               chunks_after, chunks_before);
+}
+
+int main(int argc, char **argv)
+{
+    int idle = argc > 1 && strcmp(argv[1], "idle") == 0;
+    const char *e = getenv("CONFORMANCE_EXPECT_CHUNKMALLOC");
+    int enforce = e && e[0] == '1';
+    uint64_t **p = malloc(N * sizeof *p);
+    uint64_t **q = malloc(N * sizeof *q);
+    uintptr_t *kept = malloc((N / KEEP) * sizeof *kept);
+    check(p && q && kept, "index arrays");
+    if (!p || !q || !kept)
+        return 1;
+    /* resident from the start, so the later measurements see blocks only
+     * (and q all null: the idle run frees it unfilled) */
+    memset(q, 0, M * sizeof *q);
+    memset(kept, 0, (N / KEEP) * sizeof *kept);
+    for (uint64_t i = 0; i < N; i++) {
+        p[i] = malloc(SIZE);
+        if (!p[i]) {
+            check(0, "malloc(64) #%llu failed", (unsigned long long)i);
+            return 1;
+        }
+        fill_check(p[i], i, 1);
+    }
+    for (uint64_t i = 0; i < N; i++)
+        if (i % KEEP) {
+            free(p[i]);
+            p[i] = NULL;
+        }
+
+    long before = rss_kib();
+    if (idle)
+        idle_phase(p, before, enforce);
+    else
+        trim_phase(p, q, kept, before, enforce);
 
     for (uint64_t i = 0; i < M; i++)
         free(q[i]);
