@@ -604,6 +604,7 @@ impl Chunk {
     ///
     /// # Safety
     /// Owner only; `c` is a slab.
+    #[inline(always)]
     pub unsafe fn take_frees(c: *mut Chunk, budget: &Budget, taken: &mut u32) -> bool {
         // SAFETY: owner-only fields.
         unsafe {
@@ -768,6 +769,8 @@ impl Chunk {
     /// # Safety
     /// Owner only; `c` is a slab with holes and with `free`, `local_free`
     /// and the remote list empty.
+    #[cold]
+    #[inline(never)]
     unsafe fn restore_holes(c: *mut Chunk, budget: &Budget) -> bool {
         // SAFETY: owner-only fields; every block overlapping a hole is
         // free and on no list.
