@@ -2419,12 +2419,13 @@ pub unsafe fn realloc_huge(p: *mut u8, new_size: usize) -> *mut u8 {
 /// `used` less its uncollected remote frees, the detached chunks' bytes,
 /// less the remote frees into detached chunks (the first such free put
 /// the chunk on the pending stack, where the walk finds it). Adds the
-/// uncollected remote frees it passes to `pending_remote`.
+/// uncollected remote frees it passes to `pending_remote`, and the bytes
+/// of the attached chunks' holes to `holes`.
 ///
 /// # Safety
 /// The caller holds `h`'s lock (bins and the pending stack's nodes change
 /// only under it; pushers only prepend).
-unsafe fn slab_bytes_in_use(h: *mut Heap, pending_remote: &mut usize) -> isize {
+unsafe fn slab_bytes_in_use(h: *mut Heap, pending_remote: &mut usize, holes: &mut usize) -> isize {
     // A chunk's blocks out and, of those, the ones freed remotely and not
     // yet collected, in bytes.
     let mut out_and_remote = |c: *mut Chunk| {
@@ -2444,6 +2445,7 @@ unsafe fn slab_bytes_in_use(h: *mut Heap, pending_remote: &mut usize) -> isize {
             while !c.is_null() {
                 let (out, remote) = out_and_remote(c);
                 bytes += out - remote;
+                *holes += Chunk::holes(c).count_ones() as usize * os::page_size();
                 c = (*c).next;
             }
         }
@@ -2483,7 +2485,7 @@ pub(crate) unsafe fn add_stats_of(h: *mut Heap, s: &mut crate::Stats, in_use: &m
         };
         if locked {
             let mut pending = 0;
-            *in_use += slab_bytes_in_use(h, &mut pending);
+            *in_use += slab_bytes_in_use(h, &mut pending, &mut s.slab_holes);
             s.remote_frees += pending;
             lock.unlock();
         }

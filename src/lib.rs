@@ -110,7 +110,7 @@ mod api {
         s.cached_chunks += g.committed_count + g.decommitted_count;
         s.committed = budget::GLOBAL.committed();
         s.peak_committed = budget::GLOBAL.peak();
-        s.mapped = s.committed + g.decommitted_bytes - g.decommitted_count * page;
+        s.mapped = s.committed + g.decommitted_bytes - g.decommitted_count * page + s.slab_holes;
         s.metadata += chunk_map::metadata_bytes();
         // Read at slightly different instants: clamped.
         s.budget_live = s
@@ -152,7 +152,7 @@ mod api {
     /// Writes the statistics table to stderr without allocating.
     pub fn print_stats() {
         let s = stats();
-        let rows: [(&[u8], usize); 14] = [
+        let rows: [(&[u8], usize); 15] = [
             (b"in use", s.in_use),
             (b"committed", s.committed),
             (b"budget live", s.budget_live),
@@ -160,6 +160,7 @@ mod api {
             (b"peak committed", s.peak_committed),
             (b"cached", s.cached),
             (b"mapped", s.mapped),
+            (b"slab holes", s.slab_holes),
             (b"slab chunks", s.slab_chunks),
             (b"large chunks", s.large_chunks),
             (b"huge mappings", s.huge_chunks),

@@ -33,9 +33,13 @@ pub struct Stats {
     /// Committed bytes in free chunks held in caches.
     pub cached: usize,
     /// Bytes mapped: committed plus the decommitted pages of cached chunks
-    /// (the never-charged tails of chunks, mapped but untouched, are not
-    /// counted).
+    /// and [`Stats::slab_holes`] (the never-charged tails of chunks, mapped
+    /// but untouched, are not counted).
     pub mapped: usize,
+    /// Bytes of pages inside live slab chunks given back to the OS while
+    /// the chunks stay in use (`purge()`, `malloc_trim`, idle slabs): mapped,
+    /// not committed.
+    pub slab_holes: usize,
     /// Live slab chunks.
     pub slab_chunks: usize,
     /// Live large (oversized) chunks.

@@ -466,12 +466,24 @@ fn purge_gives_back_free_pages_inside_partly_used_slabs() {
                 s1.rss / MIB,
                 s2.rss / MIB
             );
+            let holes = chunkmalloc::stats().slab_holes;
+            assert!(
+                holes >= 40 * MIB && holes <= released,
+                "{} KiB of slab holes after purge() gave back {} KiB",
+                holes / KIB,
+                released / KIB
+            );
             check_survivors(&kept, 1);
             // The same number of blocks again: the holes' blocks come back.
             let mut again: Vec<Box<[u64; 8]>> = Vec::with_capacity(BLOCKS);
             again.extend((0..BLOCKS).map(|i| Box::new(block_fill(2, i))));
             let s3 = snap();
             report("allocated again", &s3);
+            assert!(
+                chunkmalloc::stats().slab_holes <= 2 * MIB,
+                "{} KiB of holes left after as many blocks were allocated again",
+                chunkmalloc::stats().slab_holes / KIB
+            );
             assert!(
                 s3.committed <= s1.committed + 2 * MIB,
                 "the pages given back were not reused: committed {} KiB, {} KiB at the first peak",
@@ -502,6 +514,13 @@ fn purge_gives_back_free_pages_inside_partly_used_slabs() {
             chunkmalloc::purge();
             let s4 = snap();
             report("all freed and purged", &s4);
+            // (The purge gives back free pages of whatever else is partly
+            // used, so a few holes may be new.)
+            assert!(
+                chunkmalloc::stats().slab_holes <= MIB,
+                "{} KiB of holes after every block was freed",
+                chunkmalloc::stats().slab_holes / KIB
+            );
             assert_returned(
                 &s0,
                 &s1,
