@@ -511,8 +511,9 @@ mod tests {
     fn range_of_two_mappings_grows_in_place() {
         const K: usize = 1024;
         // Other tests map concurrently and may take the free addresses
-        // after the range; a few tries make that unlikely to matter.
-        for _ in 0..8 {
+        // after the range; enough tries make that unlikely to matter (8
+        // were not: the tests around it map and unmap chunks in loops).
+        for _ in 0..256 {
             let p = map_aligned(512 * K, 65536, 0);
             assert!(!p.is_null());
             // The upper half, given back, is the room to grow into.
@@ -533,7 +534,12 @@ mod tests {
                     assert!(s[256 * K..].iter().all(|&b| b == 0));
                     s[256 * K..].fill(1);
                     // Blocked: the next addresses hold a mapping of ours.
-                    assert!(map_after(p.wrapping_add(384 * K), 4096));
+                    // (Another test may have mapped them since the growth:
+                    // then try again.)
+                    if !map_after(p.wrapping_add(384 * K), 4096) {
+                        unmap(p, 384 * K);
+                        continue;
+                    }
                     assert_eq!(resize_in_place(p, 384 * K, 512 * K), Resize::SpansMappings);
                     assert!(s[256 * K..].iter().all(|&b| b == 1));
                     unmap(p, 384 * K + 4096);
