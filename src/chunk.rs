@@ -660,6 +660,13 @@ impl Chunk {
         }
     }
 
+    /// The indices of the blocks (of `bs` bytes from `start`) that overlap
+    /// the page at `pg`, which lies at or after `start`: the blocks a hole
+    /// there takes off the lists and gives back.
+    fn blocks_on_page(start: usize, bs: usize, pg: usize) -> core::ops::RangeInclusive<usize> {
+        (pg - start) / bs..=(pg + os::page_size() - 1 - start) / bs
+    }
+
     /// Gives back to the OS every whole page of the carved area that no
     /// live block touches, and releases it from `budget`; returns the
     /// bytes given back. A slab whose blocks are mostly free keeps its
@@ -717,8 +724,7 @@ impl Chunk {
             let mut pg = first_page;
             while pg + page <= bump && (pg - base) / page < HOLE_PAGES {
                 let k = (pg - base) / page;
-                let (i0, i1) = ((pg - start) / bs, (pg + page - 1 - start) / bs);
-                if old & (1 << k) == 0 && (i0..=i1).all(is_free) {
+                if old & (1 << k) == 0 && Chunk::blocks_on_page(start, bs, pg).all(is_free) {
                     new |= 1 << k;
                 }
                 pg += page;
@@ -790,9 +796,9 @@ impl Chunk {
                 if h & (1 << k) == 0 {
                     continue;
                 }
-                let pg = base + k * page;
-                let i1 = ((pg + page - 1 - start) / bs).min(n - 1);
-                for i in ((pg - start) / bs).max(next)..=i1 {
+                let on_page = Chunk::blocks_on_page(start, bs, base + k * page);
+                let i1 = (*on_page.end()).min(n - 1);
+                for i in (*on_page.start()).max(next)..=i1 {
                     let b = (start + i * bs) as *mut Block;
                     (*b).next = ptr::null_mut();
                     if tail.is_null() {
