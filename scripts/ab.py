@@ -17,7 +17,8 @@ usage: scripts/ab.py [--reps N] [--scale X] [--only A,B,...] [--programs]
              d100=target/release/libchunkmalloc.so \\
              d5=target/release/libchunkmalloc.so:CHUNKMALLOC_PURGE_DELAY_MS=5
   --reps N       repetitions (default 3)
-  --scale X      workload scale (default 1)
+  --scale X      workload scale (default 1.0; the generated inputs are looked
+                 up under the same spelling as `scripts/bench.sh --scale X`)
   --only A,B     these workloads only (names as in `scripts/bench.sh --list`)
   --programs     also sqlite, gcc_compile and py_json, whose inputs
                  `scripts/bench.sh` generates into target/bench-gen/scale-X
@@ -134,16 +135,23 @@ def run(cmd, stdin, lib, env):
 
 
 def main(argv):
-    reps, scale, only, programs, specs = 3, "1", set(), False, []
+    reps, scale, only, programs, specs = 3, "1.0", set(), False, []
     it = iter(argv)
     for a in it:
         if a in ("-h", "--help"):
             print(__doc__.strip())
             return 0
         if a == "--reps":
-            reps = int(next(it, "0"))
+            v = next(it, "")
+            if not v.isdigit():
+                die(f"--reps wants a count, not {v!r}")
+            reps = int(v)
         elif a == "--scale":
-            scale = next(it, "1")
+            scale = next(it, "")
+            try:
+                float(scale)
+            except ValueError:
+                die(f"--scale wants a number, not {scale!r}")
         elif a == "--only":
             only = set(next(it, "").split(","))
         elif a == "--programs":
