@@ -28,6 +28,7 @@
 mod common;
 
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
+use std::hint::black_box;
 
 use common::{check, fill, first_nonzero, in_child, MIB};
 
@@ -43,11 +44,14 @@ fn minor_faults() -> i64 {
     ru.ru_minflt
 }
 
-/// Allocates `size` bytes and writes every byte.
+/// Allocates `size` bytes and writes every byte. The pointer goes through
+/// `black_box` here and in [`free`]: in a release build the compiler may
+/// otherwise drop an allocation whose contents nothing reads before it is
+/// freed, and the scenario with it.
 fn dirty(size: usize) -> *mut u8 {
     let l = Layout::from_size_align(size, 16).unwrap();
     // SAFETY: non-zero size; checked for null.
-    let p = unsafe { alloc(l) };
+    let p = black_box(unsafe { alloc(l) });
     assert!(!p.is_null());
     // SAFETY: `p` holds `size` bytes.
     unsafe { p.write_bytes(0x5A, size) };
@@ -66,7 +70,7 @@ fn dirty_from_cache(size: usize, what: &str) -> *mut u8 {
 
 fn free(p: *mut u8, size: usize) {
     // SAFETY: allocated with this layout by `dirty` or the test.
-    unsafe { dealloc(p, Layout::from_size_align(size, 16).unwrap()) };
+    unsafe { dealloc(black_box(p), Layout::from_size_align(size, 16).unwrap()) };
 }
 
 const ENV: &[(&str, &str)] = &[
@@ -350,7 +354,7 @@ fn a_freed_mapping_displaces_a_smaller_one_when_every_slot_is_taken() {
             // 32 small mappings below fill the slots, not the bytes.
             let l = Layout::from_size_align(400 * MIB, 16).unwrap();
             // SAFETY: non-zero size; freed below with the same layout.
-            let live = unsafe { alloc(l) };
+            let live = black_box(unsafe { alloc(l) });
             assert!(!live.is_null());
             let slots = chunkmalloc::provider::HUGE_SLOTS;
             let small: Vec<usize> = (0..slots).map(|_| dirty(3 * MIB) as usize).collect();
@@ -373,7 +377,7 @@ fn a_freed_mapping_displaces_a_smaller_one_when_every_slot_is_taken() {
             let p = dirty_from_cache(20 * MIB, "the cached 24 MiB mapping was not reused");
             free(p, 20 * MIB);
             // SAFETY: allocated above with `l`.
-            unsafe { dealloc(live, l) };
+            unsafe { dealloc(black_box(live), l) };
         },
     );
 }

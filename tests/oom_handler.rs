@@ -1,11 +1,14 @@
 //! The exhaustion callback: called when an allocation is about to fail
 //! under the budget; if it frees memory and returns `true`, the allocation
 //! is retried once and succeeds. Runs in a child process so the cap never
-//! touches the test harness.
+//! touches the test harness. Every allocation goes through `black_box`:
+//! a release build may otherwise fold away an allocation that is only
+//! tested for null, and with it the failure the test expects.
 
 mod common;
 
 use std::alloc::{alloc, dealloc, Layout};
+use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chunkmalloc::{set_budget, set_oom_handler, stats};
@@ -43,7 +46,7 @@ fn handler_frees_memory_and_the_allocation_succeeds() {
             let cap = stats().committed + 40 * MIB;
             set_budget(Some(cap));
             // SAFETY: non-zero size.
-            let ballast = unsafe { alloc(ballast_layout()) };
+            let ballast = black_box(unsafe { alloc(ballast_layout()) });
             assert!(!ballast.is_null());
             // SAFETY: the block is 24 MiB long.
             unsafe { ballast.write_bytes(1, BALLAST_SIZE) };
@@ -52,13 +55,13 @@ fn handler_frees_memory_and_the_allocation_succeeds() {
             // Without a handler a 24 MiB request fails: 24 + 24 > 40.
             let big = Layout::from_size_align(24 * MIB, 16).unwrap();
             // SAFETY: non-zero size.
-            let p = unsafe { alloc(big) };
+            let p = black_box(unsafe { alloc(big) });
             assert!(p.is_null(), "the cap should refuse a second 24 MiB block");
             assert_eq!(CALLS.load(Ordering::Relaxed), 0);
 
             set_oom_handler(Some(release_ballast));
             // SAFETY: non-zero size.
-            let p = unsafe { alloc(big) };
+            let p = black_box(unsafe { alloc(big) });
             assert!(
                 !p.is_null(),
                 "the handler freed 24 MiB; the retry must succeed"
@@ -72,7 +75,7 @@ fn handler_frees_memory_and_the_allocation_succeeds() {
 
             // A handler with nothing left to free returns false: plain failure.
             // SAFETY: non-zero size.
-            let q = unsafe { alloc(big) };
+            let q = black_box(unsafe { alloc(big) });
             assert!(q.is_null());
             assert_eq!(CALLS.load(Ordering::Relaxed), 2);
             set_oom_handler(None);
