@@ -39,10 +39,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WL_SRC = os.path.join(ROOT, "bench", "workloads")
 BIN = os.path.join(ROOT, "target", "bench-bin")
-C_ORDER = ["smallobj_churn", "lifo_sets", "fifo_sets", "larson", "prodcons",
-           "false_passive", "false_active", "thread_churn", "longlived_thread",
-           "brief_threads", "large_blocks", "cycling_buffers", "pareto",
-           "realloc_grow", "fragmentation"]
 
 
 def die(msg):
@@ -79,9 +75,7 @@ def build(prog):
 
 
 def workloads(scale, only, programs):
-    names = [n for n in C_ORDER if os.path.exists(os.path.join(WL_SRC, n + ".c"))]
-    names += sorted(f[:-2] for f in os.listdir(WL_SRC)
-                    if f.endswith(".c") and f[:-2] not in names)
+    names = sorted(f[:-2] for f in os.listdir(WL_SRC) if f.endswith(".c"))
     wl = []
     for n in names:
         for name, args in ([(f"pareto_{t}t", [str(t)]) for t in (1, 2, 4)]
