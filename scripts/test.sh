@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 cargo test --workspace --all-targets "$@"
 # The unit and integration tests again, optimised: what users link is a
 # release build, and only there may the compiler drop an allocation that
-# nothing reads (two tests did not test what they meant in release until
-# they kept theirs with `black_box`).
+# nothing reads (six scenarios of two test files did not test what they
+# meant in release until they kept theirs with `black_box`).
 cargo test --workspace --release --tests "$@"
 # The remote free parked at its worst moment (test-only hooks).
 cargo test -p chunkmalloc --features test-hooks --test remote_free_race "$@"
